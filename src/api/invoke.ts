@@ -1,0 +1,127 @@
+/**
+ * Runs one call of the API table on a Connection the way libnbd's generated
+ * wrappers do (generator/C.ml): check the handle state, then each argument in
+ * order, then the optional flags, then call the implementation; turn any
+ * failure into the call's error value, an errno and libnbd's message. Never
+ * throws. The worker's dispatcher and any direct user of the client share it.
+ */
+import { errno, errnoOf } from "../errno.js";
+import { STRICT_FLAGS } from "../constants.js";
+import type { Connection } from "../client/connection.js";
+import { NbdError, asNbdError } from "../client/error.js";
+import { API, type CallName } from "./table.js";
+import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
+
+/** A call's outcome as plain data: it crosses the thread boundary as is. */
+export interface Outcome {
+  ret: number | bigint | string | null;
+  errno?: number;
+  msg?: string;
+}
+
+// Every table entry must have an implementation of the same name.
+type Implementations = { [K in CallName]: (...args: never[]) => unknown };
+const _everyCallImplemented = (c: Connection): Implementations => c;
+
+const stateText: Record<State, string> = {
+  created: "newly created",
+  connecting: "connecting",
+  negotiating: "negotiating",
+  connected: "connected with the server",
+  closed: "shut down",
+  dead: "dead",
+};
+
+export function errorValue(ret: Ret): number | bigint | null {
+  return ret === "int64" ? -1n : ret === "string" || ret === "staticString" ? null : -1;
+}
+
+function success(ret: Ret, value: unknown): Outcome["ret"] {
+  switch (ret) {
+    case "err": return 0;
+    case "bool": return value ? 1 : 0;
+    default: return value as Outcome["ret"];
+  }
+}
+
+const TWO64 = 1n << 64n;
+
+/** The value an argument has once checked: what the implementation receives. */
+function check(arg: Arg, v: unknown, conn: Connection): unknown {
+  const bad = (text: string) => new NbdError(errno.EINVAL, `${arg.name}: ${text}`);
+  const nullPointer = () => new NbdError(errno.EFAULT, `${arg.name} cannot be NULL`);
+  const string = (s: unknown) => {
+    if (typeof s !== "string") throw bad("expected a string");
+    if (s.includes("\0")) throw bad("string contains a NUL byte");
+    return s;
+  };
+  switch (arg.kind) {
+    case "bool":
+      if (typeof v === "boolean" || typeof v === "number") return Boolean(v);
+      throw bad("expected a boolean");
+    case "int":
+      if (Number.isInteger(v) && Math.abs(v as number) <= 0x7fffffff) return v;
+      throw bad("expected an integer");
+    case "uint64":
+      if (typeof v === "bigint" && v >= 0n && v < TWO64) return v;
+      if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 64) return BigInt(v);
+      throw bad(`expected an integer from 0 to 2^64-1, got ${String(v)}`);
+    case "string":
+    case "path":
+      if (v == null) throw nullPointer();
+      return string(v);
+    case "stringList":
+      if (v == null) throw nullPointer();
+      if (!Array.isArray(v)) throw bad("expected an array of strings");
+      return v.map(string);
+    case "bytesIn":
+    case "bytesOut":
+      if (v == null) throw nullPointer();
+      if (v instanceof Uint8Array) return v;
+      throw bad("expected a Uint8Array");
+    case "port":
+      if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 65535) return String(v);
+      return string(v);
+    case "enum":
+      if (typeof v === "number" && arg.values.includes(v)) return v;
+      throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${String(v)}`);
+    case "flags": {
+      const flags = v ?? 0;
+      if (typeof flags !== "number" || !Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) {
+        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: ${String(flags)}`);
+      }
+      // Command flags the call does not take are refused in strict mode, and
+      // always when they do not fit the 16 bits of the wire.
+      const unknown = flags & ~arg.allowed;
+      if (unknown && (!arg.set.commandFlags || conn.strict & STRICT_FLAGS || flags > 0xffff)) {
+        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: 0x${flags.toString(16)}`);
+      }
+      return flags;
+    }
+  }
+}
+
+function checkState(conn: Connection, call: Call): void {
+  if (!call.states || call.states.includes(conn.state)) return;
+  throw new NbdError(
+    conn.state === "created" ? errno.ENOTCONN : errno.EINVAL,
+    `invalid state: ${conn.stateName}: the handle must be ${call.states.map((s) => stateText[s]).join(", or ")}`,
+  );
+}
+
+export async function invoke(
+  conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
+): Promise<Outcome> {
+  const call: Call = API[name];
+  try {
+    checkState(conn, call);
+    const values = call.args.map((arg, i) => check(arg, args[i], conn));
+    for (const [i, arg] of (call.optargs ?? []).entries()) values.push(check(arg, args[call.args.length + i], conn));
+    if (call.spawns) values.push(env);
+    const impl = conn[name] as (...a: unknown[]) => unknown;
+    return { ret: success(call.ret, await impl.apply(conn, values)) };
+  } catch (e) {
+    const err = asNbdError(e, errnoOf(e, errno.EIO));
+    return { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) };
+  }
+}

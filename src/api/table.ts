@@ -1,0 +1,116 @@
+/**
+ * THE API table: one entry per libnbd call, after generator/API.ml. The sync
+ * Handle's methods, the worker's dispatch and checks, and the README's
+ * coverage table are all derived from it; a new call is one entry here plus
+ * its implementation in the client's Connection.
+ */
+import {
+  CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
+  HANDSHAKE_FLAG_MASK, SHUTDOWN_MASK, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED, STRICT_MASK,
+} from "../constants.js";
+import {
+  Bool, BytesIn, BytesOut, Enum, Flags, Int, Path, Port, Str, StringList, UInt64,
+  type Arg, type Call, type FlagSet, type Method, type State,
+} from "./types.js";
+
+const cmdFlags: FlagSet = { prefix: "CMD_FLAG", mask: CMD_FLAG_MASK, commandFlags: true };
+const strictFlags: FlagSet = { prefix: "STRICT", mask: STRICT_MASK };
+const handshakeFlags: FlagSet = { prefix: "HANDSHAKE_FLAG", mask: HANDSHAKE_FLAG_MASK };
+const shutdownFlags: FlagSet = { prefix: "SHUTDOWN", mask: SHUTDOWN_MASK };
+const sizeTypes = [SIZE_MINIMUM, SIZE_PREFERRED, SIZE_MAXIMUM, SIZE_PAYLOAD];
+
+// Permitted-state sets that recur.
+const created: readonly State[] = ["created"];
+const createdOrNegotiating: readonly State[] = ["created", "negotiating"];
+const afterInfo: readonly State[] = ["negotiating", "connected", "closed"];
+const connected: readonly State[] = ["connected"];
+
+const connectCall = <A extends Arg>(summary: string, arg: A, since: string, spawns?: true) =>
+  ({ args: [arg], ret: "err", states: created, since, summary, ...(spawns && { spawns }) }) as const;
+
+const flagQuery = (summary: string) => ({ args: [], ret: "bool", states: afterInfo, since: "1.0", summary }) as const;
+const stateQuery = (summary: string, since = "1.0") =>
+  ({ args: [], ret: "bool", mayFail: false, since, summary }) as const;
+
+export const API = {
+  // ---- handle identity, versions ----------------------------------------
+  setHandleName: { args: [Str("handle_name")], ret: "err", since: "1.0", summary: "set the handle name" },
+  getHandleName: { args: [], ret: "string", since: "1.0", summary: "get the handle name" },
+  getVersion: { args: [], ret: "staticString", mayFail: false, since: "1.0", summary: "return the version of the library" },
+  getPackageName: { args: [], ret: "staticString", mayFail: false, since: "1.0", summary: "return the name of the library" },
+  connectionState: { args: [], ret: "staticString", since: "1.0", summary: "return string describing the state of the connection" },
+
+  // ---- settings before connecting -----------------------------------------
+  setExportName: { args: [Str("export_name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "set the export name" },
+  getExportName: { args: [], ret: "string", since: "1.0", summary: "get the export name" },
+  setFullInfo: { args: [Bool("request")], ret: "err", states: createdOrNegotiating, since: "1.4", summary: "control whether NBD_OPT_GO requests extra details" },
+  getFullInfo: { args: [], ret: "bool", since: "1.4", summary: "see if NBD_OPT_GO requests extra details" },
+  setRequestStructuredReplies: { args: [Bool("request")], ret: "err", states: created, since: "1.2", summary: "control use of structured replies" },
+  getRequestStructuredReplies: { args: [], ret: "bool", mayFail: false, since: "1.2", summary: "see if structured replies are attempted" },
+  setHandshakeFlags: { args: [Flags("flags", handshakeFlags)], ret: "err", states: created, since: "1.2", summary: "control use of handshake flags" },
+  getHandshakeFlags: { args: [], ret: "uint", mayFail: false, since: "1.2", summary: "see which handshake flags are supported" },
+  setPreadInitialize: { args: [Bool("request")], ret: "err", since: "1.12", summary: "control whether libnbd pre-initializes read buffers" },
+  getPreadInitialize: { args: [], ret: "bool", mayFail: false, since: "1.12", summary: "see whether libnbd pre-initializes read buffers" },
+  setStrictMode: { args: [Flags("flags", strictFlags)], ret: "err", since: "1.6", summary: "control how strictly to follow NBD protocol" },
+  getStrictMode: { args: [], ret: "uint", mayFail: false, since: "1.6", summary: "see which strictness flags are in effect" },
+  setSocketActivationName: { args: [Str("socket_name")], ret: "err", states: created, since: "1.16", summary: "set the socket activation name" },
+  getSocketActivationName: { args: [], ret: "string", since: "1.16", summary: "get the socket activation name" },
+
+  // ---- connecting ----------------------------------------------------------
+  connectUnix: connectCall("connect to NBD server over a Unix domain socket", Path("unixsocket"), "1.0"),
+  connectTcp: { args: [Str("hostname"), Port("port")], ret: "err", states: created, since: "1.0", summary: "connect to NBD server over a TCP port" },
+  connectCommand: connectCall("connect to NBD server command", StringList("argv"), "1.0", true),
+  connectSystemdSocketActivation: connectCall("connect using systemd socket activation", StringList("argv"), "1.2", true),
+  getSubprocessPid: { args: [], ret: "int64", since: "1.22", summary: "get the process ID of the subprocess" },
+  killSubprocess: { args: [Int("signum")], ret: "err", since: "1.0", summary: "kill server running as a subprocess" },
+
+  // ---- what the server said -------------------------------------------------
+  getSize: { args: [], ret: "int64", states: afterInfo, since: "1.0", summary: "return the export size" },
+  getBlockSize: { args: [Enum("size_type", sizeTypes)], ret: "int64", states: afterInfo, since: "1.4", summary: "return a specific server block size constraint" },
+  getProtocol: { args: [], ret: "staticString", states: afterInfo, since: "1.2", summary: "return the NBD protocol variant" },
+  getStructuredRepliesNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.2", summary: "see if structured replies are in use" },
+  getCanonicalExportName: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the canonical export name, if the server has one" },
+  getExportDescription: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the export description, if the server has one" },
+  isReadOnly: flagQuery("is the NBD export read-only?"),
+  canFlush: flagQuery("does the server support the flush command?"),
+  canFua: flagQuery("does the server support the FUA flag?"),
+  isRotational: flagQuery("is the NBD disk rotational (like a disk)?"),
+  canTrim: flagQuery("does the server support the trim command?"),
+  canZero: flagQuery("does the server support the zero command?"),
+  canFastZero: { ...flagQuery("does the server support the fast zero flag?"), since: "1.2" },
+  canDf: flagQuery("does the server support the don't fragment flag to pread?"),
+  canMultiConn: flagQuery("does the server support multi-conn?"),
+  canCache: flagQuery("does the server support the cache command?"),
+  canMetaContext: { args: [Str("metacontext")], ret: "bool", states: afterInfo, since: "1.0", summary: "does the server support a specific meta context?" },
+
+  // ---- I/O ------------------------------------------------------------------
+  pread: { args: [BytesOut("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "read from the NBD server" },
+  pwrite: { args: [BytesIn("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "err", states: connected, since: "1.0", summary: "write to the NBD server" },
+  flush: { args: [], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send flush command to the NBD server" },
+  trim: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA)], ret: "err", states: connected, since: "1.0", summary: "send trim command to the NBD server" },
+  cache: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send cache (prefetch) command to the NBD server" },
+  zero: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)], ret: "err", states: connected, since: "1.0", summary: "send write zeroes command to the NBD server" },
+  shutdown: { args: [], optargs: [Flags("flags", shutdownFlags)], ret: "err", states: ["negotiating", "connected"], since: "1.0", summary: "disconnect from the NBD server" },
+
+  // ---- handle states --------------------------------------------------------
+  aioIsCreated: stateQuery("check if the connection has just been created"),
+  aioIsConnecting: stateQuery("check if the connection is connecting"),
+  aioIsNegotiating: stateQuery("check if connection is ready to send handshake option", "1.4"),
+  aioIsReady: stateQuery("check if the connection is in the READY state"),
+  aioIsProcessing: stateQuery("check if the connection is processing a command"),
+  aioIsDead: stateQuery("check if the connection is dead"),
+  aioIsClosed: stateQuery("check if the connection is closed"),
+} as const satisfies Record<string, Call>;
+
+export type CallName = keyof typeof API;
+
+/** The generated half of Handle: one method per table entry. */
+export type HandleMethods = { [K in CallName]: Method<(typeof API)[K]> };
+
+/** libnbd's hand-written calls, which stand outside the table (lib/handle.c, lib/errors.c). */
+export const HANDWRITTEN = {
+  nbd_create: { ts: "create()", since: "1.0", summary: "create a new handle (null on failure)" },
+  nbd_close: { ts: "h.close() / h[Symbol.dispose]()", since: "1.0", summary: "close the handle, kill and reap its server" },
+  nbd_get_error: { ts: "getError()", since: "1.0", summary: "the last error of this thread, or null" },
+  nbd_get_errno: { ts: "getErrno()", since: "1.0", summary: "the errno of the last error of this thread, or 0" },
+} as const;

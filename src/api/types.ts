@@ -1,0 +1,97 @@
+/**
+ * The vocabulary of the API table (after libnbd's generator/API.mli): the
+ * kinds of arguments and return values, handle states, and flag sets. The
+ * sync Handle, the worker's dispatcher, the argument checks and the README's
+ * coverage table are all derived from entries written in these terms.
+ */
+
+/** Handle states in which a call is permitted (libnbd's permitted_states). */
+export type State = "created" | "connecting" | "negotiating" | "connected" | "closed" | "dead";
+
+/** A named set of flag bits; command flags are checked only in strict mode (or above 16 bits). */
+export interface FlagSet {
+  readonly prefix: string;
+  readonly mask: number;
+  readonly commandFlags?: true;
+}
+
+export type Arg =
+  | { readonly kind: "bool"; readonly name: string }
+  | { readonly kind: "int"; readonly name: string }
+  | { readonly kind: "uint64"; readonly name: string }
+  | { readonly kind: "string"; readonly name: string }
+  | { readonly kind: "path"; readonly name: string }
+  | { readonly kind: "stringList"; readonly name: string }
+  | { readonly kind: "bytesIn"; readonly name: string }
+  | { readonly kind: "bytesOut"; readonly name: string }
+  | { readonly kind: "port"; readonly name: string }
+  | { readonly kind: "enum"; readonly name: string; readonly values: readonly number[] }
+  | { readonly kind: "flags"; readonly name: string; readonly set: FlagSet; readonly allowed: number };
+
+/**
+ * Return kinds, which fix the error value: -1 for numbers, -1n for 64-bit
+ * values, null for strings. `never` marks calls that cannot fail and so
+ * never touch the thread's last error.
+ */
+export type Ret = "err" | "bool" | "int" | "uint" | "int64" | "string" | "staticString";
+
+export interface Call {
+  readonly args: readonly Arg[];
+  /** Trailing optional arguments (libnbd's OFlags). */
+  readonly optargs?: readonly Arg[];
+  readonly ret: Ret;
+  /** Omitted: permitted in every state, as libnbd's calls without a state check. */
+  readonly states?: readonly State[];
+  /** False for calls that never fail and never set the error. */
+  readonly mayFail?: false;
+  /** Spawns a subprocess, so the caller's environment travels with the call. */
+  readonly spawns?: true;
+  /** The C name when it is not the snake_case of the key (nbd_poll2, nbd_block_status_64). */
+  readonly c?: string;
+  readonly since: string;
+  readonly summary: string;
+}
+
+// Argument constructors, as libnbd spells them.
+export const Bool = (name: string) => ({ kind: "bool", name }) as const;
+export const Int = (name: string) => ({ kind: "int", name }) as const;
+export const UInt64 = (name: string) => ({ kind: "uint64", name }) as const;
+export const Str = (name: string) => ({ kind: "string", name }) as const;
+export const Path = (name: string) => ({ kind: "path", name }) as const;
+export const StringList = (name: string) => ({ kind: "stringList", name }) as const;
+export const BytesIn = (name: string) => ({ kind: "bytesIn", name }) as const;
+export const BytesOut = (name: string) => ({ kind: "bytesOut", name }) as const;
+export const Port = (name: string) => ({ kind: "port", name }) as const;
+export const Enum = (name: string, values: readonly number[]) => ({ kind: "enum", name, values }) as const;
+/** `allowed` narrows the set for one call (libnbd's OFlags subset); omitted, the whole set. */
+export const Flags = (name: string, set: FlagSet, allowed = set.mask) => ({ kind: "flags", name, set, allowed }) as const;
+
+/** The TypeScript type a caller passes for an argument kind. */
+export type TsArg<A> =
+  A extends { kind: "bool" } ? boolean :
+  A extends { kind: "uint64" } ? number | bigint :
+  A extends { kind: "string" | "path" } ? string :
+  A extends { kind: "stringList" } ? string[] :
+  A extends { kind: "bytesIn" | "bytesOut" } ? Uint8Array :
+  A extends { kind: "port" } ? string | number :
+  number;
+
+/** The TypeScript type a call returns (its error value included). */
+export type TsRet<R> =
+  R extends "int64" ? bigint :
+  R extends "string" | "staticString" ? string | null :
+  number;
+
+type Required<T> = { -readonly [I in keyof T]: TsArg<T[I]> };
+type Optional<T> = T extends readonly [infer F, ...infer R] ? [TsArg<F>?, ...Optional<R>] : [];
+
+/** The method signature of a table entry. */
+export type Method<C extends Call> = (
+  ...args: [...Required<C["args"]>, ...Optional<C extends { optargs: infer O } ? O : []>]
+) => TsRet<C["ret"]>;
+
+/** `connectSystemdSocketActivation` → `connect_systemd_socket_activation`. */
+export const snake = (camel: string): string => camel.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+
+/** The C function name of a table entry. */
+export const cName = (key: string, call: Call): string => "nbd_" + (call.c ?? snake(key));

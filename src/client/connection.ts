@@ -1,0 +1,475 @@
+/**
+ * One NBD connection: libnbd's handle state (settings, what the server said,
+ * the in-flight commands) and the implementations of the calls in the API
+ * table (libnbd's nbd_unlocked_* functions). Generic checks (state, argument
+ * types, flags) happen before these methods run, in api/invoke.ts; what is
+ * left here is what libnbd checks inside each call.
+ */
+import { rmSync } from "node:fs";
+import { Socket } from "node:net";
+import { errno, errnoOf } from "../errno.js";
+import {
+  HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SHUTDOWN_ABANDON_PENDING, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
+  SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
+} from "../constants.js";
+import { Cmd, CmdFlag, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
+import { encodeRequest } from "../protocol/transmission.js";
+import type { State } from "../api/types.js";
+import { type Command, commandName } from "./command.js";
+import { NbdError, asNbdError } from "./error.js";
+import { type Negotiated, negotiate } from "./handshake.js";
+import { Reader } from "./reader.js";
+import { ReplyParser } from "./replies.js";
+import { explain } from "./subprocess.js";
+import {
+  STDERR_WAIT_MS, checkSocketPath, openCommand, openSocketActivation, openTcp, openUnix, type Transport,
+} from "./transports.js";
+import { VERSION } from "../version.js";
+
+type StateName = "START" | "CONNECTING" | "NEGOTIATING" | "READY" | "CLOSED" | "DEAD";
+
+const groupOf: Record<StateName, State> = {
+  START: "created", CONNECTING: "connecting", NEGOTIATING: "negotiating",
+  READY: "connected", CLOSED: "closed", DEAD: "dead",
+};
+
+const describe: Record<StateName, string> = {
+  START: "Handle after being initially created",
+  CONNECTING: "Connecting to the server",
+  NEGOTIATING: "Connection is ready to negotiate an NBD option",
+  READY: "Connection is ready to process NBD commands",
+  CLOSED: "Connection is closed",
+  DEAD: "Connection is in an unrecoverable error state, can only be closed",
+};
+
+/** How long close() and shutdown() wait for a server before forcing the issue. */
+const SERVER_EXIT_WAIT_MS = 5_000;
+const COMMAND_EXIT_WAIT_MS = 60_000;
+const READ_BUFFER_SIZE = 256 * 1024;
+const MAX_SOCKET_ACTIVATION_NAME = 32;
+
+export class Connection {
+  // ---- settings (libnbd's defaults) ----
+  handleName: string;
+  exportName = "";
+  fullInfo = false;
+  requestStructuredReplies = true;
+  requestBlockSize = true;
+  handshakeFlags = HANDSHAKE_FLAG_MASK;
+  preadInitialize = true;
+  strict = STRICT_MASK;
+  socketActivationName = "";
+
+  // ---- state, and what the server said ----
+  #state: StateName = "START";
+  #info: Negotiated | undefined;
+  #transport: Transport | undefined;
+  #reader = new Reader();
+  #parser: ReplyParser | undefined;
+  readonly #inflight = new Map<number, Command>();
+  #nextCookie = 1;
+  #disconnectRequested = false;
+  #closed: Promise<void> | undefined;
+  #closedResolve: (() => void) | undefined;
+
+  readonly #onread = {
+    buffer: new Uint8Array(READ_BUFFER_SIZE),
+    callback: (n: number, buf: Uint8Array): boolean => {
+      const chunk = buf.subarray(0, n);
+      if (this.#parser) this.#parser.push(chunk);
+      else this.#reader.push(chunk);
+      return true;
+    },
+  };
+
+  constructor(readonly id: number) {
+    this.handleName = `nbd${id}`;
+  }
+
+  // ---- states ---------------------------------------------------------------
+
+  get state(): State { return groupOf[this.#state]; }
+  get stateName(): string { return this.#state; }
+  connectionState(): string { return `${this.#state}: ${describe[this.#state]}`; }
+  aioIsCreated(): boolean { return this.#state === "START"; }
+  aioIsConnecting(): boolean { return this.#state === "CONNECTING"; }
+  aioIsNegotiating(): boolean { return this.#state === "NEGOTIATING"; }
+  aioIsReady(): boolean { return this.#state === "READY" && this.#inflight.size === 0; }
+  aioIsProcessing(): boolean { return this.#state === "READY" && this.#inflight.size > 0; }
+  aioIsDead(): boolean { return this.#state === "DEAD"; }
+  aioIsClosed(): boolean { return this.#state === "CLOSED"; }
+
+  // ---- simple settings ------------------------------------------------------
+
+  setHandleName(name: string): void { this.handleName = name; }
+  getHandleName(): string { return this.handleName; }
+  getVersion(): string { return VERSION; }
+  getPackageName(): string { return "nbd-ts"; }
+
+  setExportName(name: string): void {
+    if (Buffer.byteLength(name) > 4096) throw new NbdError(errno.ENAMETOOLONG, "export name too long for NBD protocol");
+    this.exportName = name;
+  }
+  getExportName(): string { return this.exportName; }
+  setFullInfo(request: boolean): void { this.fullInfo = request; }
+  getFullInfo(): boolean { return this.fullInfo; }
+  setRequestStructuredReplies(request: boolean): void { this.requestStructuredReplies = request; }
+  getRequestStructuredReplies(): boolean { return this.requestStructuredReplies; }
+  setHandshakeFlags(flags: number): void { this.handshakeFlags = flags; }
+  getHandshakeFlags(): number { return this.handshakeFlags; }
+  setPreadInitialize(request: boolean): void { this.preadInitialize = request; }
+  getPreadInitialize(): boolean { return this.preadInitialize; }
+  setStrictMode(flags: number): void { this.strict = flags; }
+  getStrictMode(): number { return this.strict; }
+
+  setSocketActivationName(name: string): void {
+    if (name.length > MAX_SOCKET_ACTIVATION_NAME) {
+      throw new NbdError(errno.ENAMETOOLONG, `socket activation name should be <= ${MAX_SOCKET_ACTIVATION_NAME} characters`);
+    }
+    if (!/^[A-Za-z0-9]*$/.test(name)) {
+      throw new NbdError(errno.EINVAL, "socket activation name should contain only alphanumeric ASCII characters");
+    }
+    this.socketActivationName = name;
+  }
+  getSocketActivationName(): string { return this.socketActivationName; }
+
+  // ---- connecting -----------------------------------------------------------
+
+  connectUnix(path: string): Promise<void> {
+    checkSocketPath(path); // before the state machine runs: the handle stays created
+    return this.#connect(() => openUnix(path, this.#onread));
+  }
+
+  connectTcp(hostname: string, port: string): Promise<void> {
+    return this.#connect(() => openTcp(hostname, port, this.#onread));
+  }
+
+  connectCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+    checkArgv(argv);
+    return this.#connect(() => openCommand(argv, env, this.#onread));
+  }
+
+  connectSystemdSocketActivation(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+    checkArgv(argv);
+    return this.#connect(() => openSocketActivation(argv, env, this.socketActivationName, this.#onread));
+  }
+
+  async #connect(open: () => Promise<Transport>): Promise<void> {
+    this.#state = "CONNECTING";
+    try {
+      const transport = (this.#transport = await open());
+      this.#watch(transport.socket);
+      this.#info = await negotiate(
+        { read: (n) => this.#reader.read(n), write: (b) => void transport.socket.write(b) },
+        this,
+      );
+      this.handshakeFlags = this.#info.handshakeFlags;
+      this.#parser = new ReplyParser(this.#replyHost);
+      this.#state = "READY";
+      for (const chunk of this.#reader.drain()) this.#parser.push(chunk);
+    } catch (e) {
+      const err = await explain(asNbdError(e), this.#transport?.child, STDERR_WAIT_MS);
+      this.#die(err);
+      throw err;
+    }
+  }
+
+  #watch(socket: Socket): void {
+    socket.on("error", (e: NodeJS.ErrnoException) => {
+      this.#lost(new NbdError(errnoOf(e), e.code === "EPIPE" ? "send" : "recv"), false);
+    });
+    socket.on("end", () => this.#lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
+    socket.on("close", () => this.#lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
+  }
+
+  /** The socket failed or hit EOF. A clean EOF between replies closes; anything else kills. */
+  #lost(err: NbdError, eof: boolean): void {
+    if (this.#state === "CLOSED" || this.#state === "DEAD") return;
+    if (!this.#parser) return this.#reader.fail(err);
+    if (eof && (this.#disconnectRequested || this.#parserIdle())) return this.#close();
+    this.#die(err);
+  }
+
+  #parserIdle(): boolean { return this.#parser?.idle ?? true; }
+
+  /** DEAD: every command in flight fails with the error that killed the connection. */
+  #die(err: NbdError): void {
+    this.#state = "DEAD";
+    this.#transport?.socket.destroy();
+    this.#failInflight(() => err);
+    this.#closedResolve?.();
+  }
+
+  /** CLOSED: commands still in flight fail with ENOTCONN, as libnbd retires them. */
+  #close(): void {
+    this.#state = "CLOSED";
+    this.#transport?.socket.destroy();
+    this.#failInflight((cmd) => new NbdError(errno.ENOTCONN, `${commandName[cmd.type]}: command failed`));
+    this.#closedResolve?.();
+  }
+
+  #failInflight(errorFor: (cmd: Command) => NbdError): void {
+    for (const cmd of this.#inflight.values()) {
+      const err = errorFor(cmd);
+      cmd.error ||= err.errno;
+      this.#settle(cmd, err);
+    }
+    this.#inflight.clear();
+  }
+
+  // ---- subprocess -----------------------------------------------------------
+
+  getSubprocessPid(): bigint {
+    const pid = this.#transport?.child?.pid;
+    if (pid === undefined) throw new NbdError(errno.ESRCH, "no subprocess exists");
+    return BigInt(pid);
+  }
+
+  killSubprocess(signum: number): void {
+    const child = this.#transport?.child;
+    if (!child || child.pid === undefined) throw new NbdError(errno.ESRCH, "no subprocess exists");
+    if (signum < 0) throw new NbdError(errno.EINVAL, `invalid signal number: ${signum}`);
+    try {
+      process.kill(child.pid, signum || "SIGTERM");
+    } catch (e) {
+      throw new NbdError(errnoOf(e), "kill");
+    }
+  }
+
+  /** What the main thread must clean up if the process exits without close(). */
+  get cleanup(): { pid?: number; dir?: string } {
+    const t = this.#transport;
+    return { ...(t?.child?.pid !== undefined && { pid: t.child.pid }), ...(t?.dir && { dir: t.dir }) };
+  }
+
+  // ---- what the server said -------------------------------------------------
+
+  #known(what: "size" | "flags"): Negotiated {
+    const info = this.#info;
+    if (!info || info.eflags === 0) {
+      throw new NbdError(errno.EINVAL, `server has not returned export ${what}, you need to connect to the server first`);
+    }
+    return info;
+  }
+
+  #flag(bit: TFlag): boolean { return (this.#known("flags").eflags & bit) !== 0; }
+
+  getSize(): bigint { return this.#known("size").size; }
+  getProtocol(): string { return this.#known("flags").protocol; }
+  getStructuredRepliesNegotiated(): boolean { return this.#known("flags").structuredReplies; }
+  isReadOnly(): boolean { return this.#flag(TFlag.READ_ONLY); }
+  canFlush(): boolean { return this.#flag(TFlag.SEND_FLUSH); }
+  canFua(): boolean { return this.#flag(TFlag.SEND_FUA); }
+  isRotational(): boolean { return this.#flag(TFlag.ROTATIONAL); }
+  canTrim(): boolean { return this.#flag(TFlag.SEND_TRIM); }
+  canZero(): boolean { return this.#flag(TFlag.SEND_WRITE_ZEROES); }
+  canFastZero(): boolean { return this.#flag(TFlag.SEND_FAST_ZERO); }
+  canDf(): boolean { return this.#flag(TFlag.SEND_DF); }
+  canMultiConn(): boolean { return this.#flag(TFlag.CAN_MULTI_CONN); }
+  canCache(): boolean { return this.#flag(TFlag.SEND_CACHE); }
+
+  canMetaContext(name: string): boolean {
+    return this.#known("flags").metaContexts.some((c) => c.name === name);
+  }
+
+  getBlockSize(type: number): bigint {
+    const info = this.#known("flags");
+    switch (type) {
+      case SIZE_MINIMUM: return BigInt(info.blockMinimum);
+      case SIZE_PREFERRED: return BigInt(info.blockPreferred);
+      case SIZE_MAXIMUM: return BigInt(info.blockMaximum);
+      case SIZE_PAYLOAD: return BigInt(info.payloadMaximum);
+      default: throw new NbdError(errno.EINVAL, `size_type: invalid value for parameter: ${type}`);
+    }
+  }
+
+  getCanonicalExportName(): string {
+    const name = this.#known("flags").canonicalName;
+    if (name === undefined) throw new NbdError(errno.ENOTSUP, "server did not advertise a canonical name");
+    return name;
+  }
+
+  getExportDescription(): string {
+    const text = this.#known("flags").description;
+    if (text === undefined) throw new NbdError(errno.ENOTSUP, "server did not advertise a description");
+    return text;
+  }
+
+  // ---- I/O --------------------------------------------------------------------
+
+  pread(buf: Uint8Array, offset: bigint, flags: number): Promise<void> {
+    this.#strictFlags(flags);
+    return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf);
+  }
+
+  pwrite(buf: Uint8Array, offset: bigint, flags: number): Promise<void> {
+    this.#strictWrite(flags);
+    return this.#command(Cmd.WRITE, flags & ~CmdFlag.PAYLOAD_LEN, offset, BigInt(buf.byteLength), errno.ENOSPC, buf);
+  }
+
+  flush(flags: number): Promise<void> {
+    this.#strictCommand(TFlag.SEND_FLUSH, "flush");
+    return this.#command(Cmd.FLUSH, flags, 0n, 0n, 0);
+  }
+
+  trim(count: bigint, offset: bigint, flags: number): Promise<void> {
+    this.#strictCommand(TFlag.SEND_TRIM, "trim");
+    this.#strictWrite(flags);
+    return this.#command(Cmd.TRIM, flags, offset, count, errno.ENOSPC);
+  }
+
+  cache(count: bigint, offset: bigint, flags: number): Promise<void> {
+    this.#strictCommand(TFlag.SEND_CACHE, "cache");
+    return this.#command(Cmd.CACHE, flags, offset, count, errno.EINVAL);
+  }
+
+  zero(count: bigint, offset: bigint, flags: number): Promise<void> {
+    this.#strictCommand(TFlag.SEND_WRITE_ZEROES, "zero");
+    this.#strictWrite(flags);
+    if (this.strict & STRICT_COMMANDS && flags & CmdFlag.FAST_ZERO && !this.canFastZero()) {
+      throw new NbdError(errno.EINVAL, "server does not support the fast zero flag");
+    }
+    return this.#command(Cmd.WRITE_ZEROES, flags, offset, count, errno.ENOSPC);
+  }
+
+  // STRICT_COMMANDS: refuse what the server did not advertise (lib/rw.c).
+  #strictCommand(flag: TFlag, what: string): void {
+    if (this.strict & STRICT_COMMANDS && !this.#flag(flag)) {
+      throw new NbdError(errno.EINVAL, `server does not support ${what} operations`);
+    }
+  }
+
+  #strictWrite(flags: number): void {
+    if (!(this.strict & STRICT_COMMANDS)) return;
+    if (this.isReadOnly()) throw new NbdError(errno.EPERM, "server does not support write operations");
+    this.#strictFlags(flags);
+  }
+
+  #strictFlags(flags: number): void {
+    if (!(this.strict & STRICT_COMMANDS)) return;
+    if (flags & CmdFlag.FUA && !this.canFua()) throw new NbdError(errno.EINVAL, "server does not support the FUA flag");
+    if (flags & CmdFlag.DF && !this.canDf()) throw new NbdError(errno.EINVAL, "server does not support the DF flag");
+  }
+
+  /** libnbd's nbd_internal_command_common: the generic request checks, then issue and wait. */
+  #command(type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array): Promise<void> {
+    const info = this.#info!;
+    if (this.#disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
+    if (countErr) {
+      if (this.strict & STRICT_ZERO_SIZE && count === 0n) throw new NbdError(errno.EINVAL, "count cannot be 0");
+      if (this.strict & STRICT_BOUNDS && (offset > info.size || count > info.size - offset)) {
+        throw new NbdError(countErr, "request out of bounds");
+      }
+      const min = BigInt(info.blockMinimum);
+      if (min && this.strict & STRICT_ALIGN && (offset | count) & (min - 1n)) {
+        throw new NbdError(errno.EINVAL, "request is unaligned");
+      }
+    }
+    if (type === Cmd.WRITE && this.strict & STRICT_PAYLOAD && count > info.payloadMaximum) {
+      throw new NbdError(errno.ERANGE, `request too large: maximum payload size is ${info.payloadMaximum}`);
+    }
+    if ((type === Cmd.READ || type === Cmd.WRITE) && count > MAX_REQUEST_SIZE) {
+      throw new NbdError(errno.ERANGE, `request too large: maximum request size is ${MAX_REQUEST_SIZE}`);
+    }
+    if (count > 0xffffffffn) throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
+    // Reads start from zeroes, so that a server that sends too little never
+    // leaves stale bytes behind (libnbd's pread_initialize).
+    if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
+    return this.#issue(type, flags, offset, Number(count), buf);
+  }
+
+  #issue(type: Cmd, flags: number, offset: bigint, count: number, buf?: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const cookie = this.#nextCookie++;
+      const cmd: Command = {
+        cookie, type, flags, offset, count, buf, error: 0, seen: 0,
+        settle: (c) => (c.error ? reject(this.#commandError(c)) : resolve()),
+      };
+      this.#inflight.set(cookie, cmd);
+      this.#sendRequest(cmd);
+    });
+  }
+
+  #commandError(cmd: Command): NbdError {
+    return new NbdError(cmd.error, `${commandName[cmd.type]}: command failed`);
+  }
+
+  #settle(cmd: Command, err?: NbdError): void {
+    if (err) cmd.error ||= err.errno;
+    cmd.settle(cmd);
+  }
+
+  #sendRequest(cmd: Command): void {
+    const socket = this.#transport!.socket;
+    // A fresh header each time: a queued write may still refer to an older one.
+    const header = Buffer.allocUnsafe(REQUEST_SIZE);
+    encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE),
+      cmd.flags, cmd.type, cmd.cookie, cmd.offset, cmd.count);
+    if (cmd.type === Cmd.WRITE && cmd.count > 0) {
+      socket.cork();
+      socket.write(header);
+      socket.write(cmd.buf!);
+      socket.uncork();
+    } else {
+      socket.write(header);
+    }
+  }
+
+  readonly #replyHost = {
+    structuredReplies: () => this.#info?.structuredReplies ?? false,
+    find: (cookie: number) => this.#inflight.get(cookie),
+    retire: (cmd: Command) => {
+      this.#inflight.delete(cmd.cookie);
+      cmd.settle(cmd);
+    },
+    fatal: (err: NbdError) => this.#die(err),
+  };
+
+  // ---- disconnecting --------------------------------------------------------
+
+  async shutdown(flags: number): Promise<void> {
+    if (this.#state === "READY") {
+      if (flags & SHUTDOWN_ABANDON_PENDING) { /* nothing is queued unsent: requests go out at once */ }
+      if (!this.#disconnectRequested) this.#sendDisconnect();
+      await this.#waitClosed();
+    } else if (this.#state === "NEGOTIATING") {
+      this.#close();
+    }
+  }
+
+  #sendDisconnect(): void {
+    this.#disconnectRequested = true;
+    const header = Buffer.allocUnsafe(REQUEST_SIZE);
+    encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE), 0, Cmd.DISC, this.#nextCookie++, 0, 0);
+    const socket = this.#transport!.socket;
+    socket.end(header); // NBD_CMD_DISC has no reply: half-close and wait for the server's EOF
+  }
+
+  #waitClosed(): Promise<void> {
+    if (this.#state === "CLOSED" || this.#state === "DEAD") return Promise.resolve();
+    this.#closed ??= new Promise<void>((resolve) => {
+      this.#closedResolve = resolve;
+      setTimeout(() => { if (this.#state === "READY") this.#close(); }, SERVER_EXIT_WAIT_MS).unref();
+    });
+    return this.#closed;
+  }
+
+  /** nbd_close: fail what is in flight, stop the server we started, remove its socket dir. */
+  async close(): Promise<void> {
+    const t = this.#transport;
+    if (this.#state !== "DEAD" && this.#state !== "CLOSED") this.#close();
+    this.#reader.fail(new NbdError(errno.ENOTCONN, "handle closed"));
+    if (!t) return;
+    t.socket.destroy();
+    if (t.dir) {
+      t.child?.kill("SIGTERM"); // socket activation: libnbd sends SIGTERM
+      rmSync(t.dir, { recursive: true, force: true });
+    }
+    // connect_command: libnbd just waits for the child, which sees EOF.
+    await t.child?.reap(t.dir ? SERVER_EXIT_WAIT_MS : COMMAND_EXIT_WAIT_MS);
+  }
+}
+
+function checkArgv(argv: string[]): void {
+  if (argv.length === 0) throw new NbdError(errno.EINVAL, "missing command name in argv list");
+}

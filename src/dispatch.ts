@@ -1,0 +1,64 @@
+/**
+ * The worker side of the bridge: handles by id, each a Connection plus the
+ * SharedArrayBuffer that carries its data. Buffers arrive as lengths and are
+ * turned into views of that memory; everything else goes to invoke(), which
+ * never throws, so the worker only ever returns plain records.
+ */
+import { Connection } from "./client/connection.js";
+import { errno } from "./errno.js";
+import { invoke, type Outcome } from "./api/invoke.js";
+import { API, type CallName } from "./api/table.js";
+
+/** What rides along with a call, besides its arguments. */
+export interface Extra {
+  /** The handle's data buffer, sent when it is new or has grown. */
+  sab?: SharedArrayBuffer;
+  /** The caller's environment, for calls that spawn a server. */
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface Reply extends Outcome {
+  /** Whether the handle zeroes read buffers (so a failed read leaves zeroes). */
+  init?: boolean;
+  /** A server process or socket dir that the main thread must clean up at exit. */
+  cleanup?: { pid?: number; dir?: string };
+}
+
+interface Slot { conn: Connection; sab: SharedArrayBuffer }
+
+const slots = new Map<number, Slot>();
+
+/**
+ * A buffer too large to be sent at all (over libnbd's 64 MiB limit) is
+ * represented by its length alone: the size check fails the call before
+ * any byte would be touched.
+ */
+function lengthOnly(n: number): Uint8Array {
+  return Object.defineProperty(new Uint8Array(0), "byteLength", { value: n });
+}
+
+export async function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Promise<Reply> {
+  if (name === "create") {
+    slots.set(id, { conn: new Connection(id), sab: new SharedArrayBuffer(0) });
+    return { ret: 0 };
+  }
+  const slot = slots.get(id);
+  if (!slot) return { ret: -1, errno: errno.EINVAL, msg: `nbd-ts: no handle ${id} in the worker` };
+  if (name === "close") {
+    slots.delete(id);
+    await slot.conn.close();
+    return { ret: 0 };
+  }
+  if (extra.sab) slot.sab = extra.sab;
+  const call = API[name as CallName];
+  call.args.forEach((arg, i) => {
+    const v = args[i];
+    if ((arg.kind === "bytesIn" || arg.kind === "bytesOut") && typeof v === "number") {
+      args[i] = v <= slot.sab.byteLength ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+    }
+  });
+  const reply: Reply = await invoke(slot.conn, name as CallName, args, extra.env);
+  if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
+  if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
+  return reply;
+}

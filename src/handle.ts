@@ -1,0 +1,151 @@
+/**
+ * The blocking, C-style Handle on the caller's thread. Its methods are made
+ * from the API table: each marshals its arguments (buffers go through the
+ * handle's SharedArrayBuffer, never through a cloned message), crosses the
+ * bridge, and turns the reply into libnbd's return value and last error.
+ */
+import { rmSync } from "node:fs";
+import { MAX_REQUEST_SIZE } from "./constants.js";
+import { API, type CallName, type HandleMethods } from "./api/table.js";
+import { errorValue } from "./api/invoke.js";
+import { cName, type Call } from "./api/types.js";
+import { bridgeErrno, cross } from "./bridge.js";
+import type { Extra, Reply } from "./dispatch.js";
+import { errno } from "./errno.js";
+import { NbdError } from "./client/error.js";
+import { setError } from "./errors.js";
+
+interface Slot {
+  readonly id: number;
+  sab: SharedArrayBuffer;
+  /** The SAB has grown since the worker last saw it. */
+  sabChanged: boolean;
+  closed: boolean;
+}
+
+const slots = new WeakMap<Handle, Slot>();
+let nextId = 1;
+
+// ---- what must not outlive the process ---------------------------------------
+
+const cleanups = new Map<number, { pid?: number; dir?: string }>();
+let exitHookInstalled = false;
+
+/** A process that exits without close() still stops its servers and removes their sockets. */
+function track(id: number, cleanup: Reply["cleanup"]): void {
+  if (!cleanup || (cleanup.pid === undefined && !cleanup.dir)) return;
+  cleanups.set(id, cleanup);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once("exit", () => {
+    for (const { pid, dir } of cleanups.values()) {
+      try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+// ---- the handle ----------------------------------------------------------------
+
+/** An NBD handle (libnbd's `struct nbd_handle *`). Make one with create(). */
+export class Handle {
+  /** @internal Use create(). */
+  constructor(id: number) {
+    slots.set(this, { id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false });
+  }
+
+  /**
+   * nbd_close: kills a server started by socket activation (SIGTERM), waits
+   * for a connect_command child, removes temporary sockets. Closing twice is
+   * harmless, as nbd_close(NULL) is.
+   */
+  close(): void {
+    const slot = slots.get(this);
+    if (!slot || slot.closed) return;
+    slot.closed = true;
+    cross(slot.id, "close", [], {});
+    cleanups.delete(slot.id);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export interface Handle extends HandleMethods {}
+
+const closedError = new NbdError(errno.EINVAL, "invalid state: the handle has been closed");
+
+function fail(call: Call, message: string, errnum: number): ReturnType<typeof errorValue> {
+  setError(message, errnum);
+  return errorValue(call.ret);
+}
+
+/** Room in the handle's shared buffer for `n` bytes: grown in powers of two. */
+function reserve(slot: Slot, n: number): Uint8Array {
+  if (n > slot.sab.byteLength) {
+    let size = 64 * 1024;
+    while (size < n) size *= 2;
+    slot.sab = new SharedArrayBuffer(size);
+    slot.sabChanged = true;
+  }
+  return new Uint8Array(slot.sab, 0, n);
+}
+
+function method(name: CallName, call: Call) {
+  const context = cName(name, call);
+  const bytes = call.args.findIndex((a) => a.kind === "bytesIn" || a.kind === "bytesOut");
+  const out = bytes >= 0 && call.args[bytes]!.kind === "bytesOut";
+
+  return function (this: Handle, ...args: unknown[]): unknown {
+    const slot = slots.get(this);
+    if (!slot || slot.closed) return fail(call, closedError.format(context), closedError.errno);
+    const extra: Extra = {};
+    const user = args[bytes];
+    if (bytes >= 0) {
+      // A buffer travels as its length; its bytes go through shared memory.
+      if (user instanceof Uint8Array) {
+        if (user.byteLength <= MAX_REQUEST_SIZE) {
+          const shared = reserve(slot, user.byteLength);
+          if (!out) shared.set(user);
+        }
+        args[bytes] = user.byteLength;
+      } else {
+        args[bytes] = user == null ? null : typeof user;
+      }
+    }
+    if (slot.sabChanged) {
+      extra.sab = slot.sab;
+      slot.sabChanged = false;
+    }
+    if (call.spawns) extra.env = { ...process.env };
+
+    const reply = cross(slot.id, name, args, extra);
+    if (reply instanceof Error) {
+      if (extra.sab) slot.sabChanged = true;
+      return fail(call, `${context}: ${reply.message}`, bridgeErrno(reply));
+    }
+    if (out && user instanceof Uint8Array) {
+      if (reply.errno === undefined) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
+      else if (reply.init) user.fill(0);
+    }
+    track(slot.id, reply.cleanup);
+    if (reply.msg !== undefined) setError(reply.msg, reply.errno ?? 0);
+    return reply.ret;
+  };
+}
+
+for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
+  Object.defineProperty(Handle.prototype, name, { value: method(name, call), writable: true, configurable: true });
+}
+
+/** nbd_create: a new handle, or null (with the reason in getError()) if the worker cannot start. */
+export function create(): Handle | null {
+  const id = nextId++;
+  const reply = cross(id, "create", [], {});
+  if (reply instanceof Error) {
+    setError(`nbd_create: ${reply.message}`, bridgeErrno(reply));
+    return null;
+  }
+  return new Handle(id);
+}
