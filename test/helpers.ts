@@ -1,0 +1,109 @@
+/**
+ * Test fixtures: real servers on Unix sockets and TCP ports, scratch files,
+ * and small synchronous waits (the API under test is blocking, so the tests
+ * are too). Everything started here is stopped by `cleanup()` or at exit.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export const sleep = (ms: number): void => {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+};
+
+/** Polls `ready` until it holds or `ms` passes. */
+export function waitFor(ready: () => boolean, ms = 10_000, what = "condition"): void {
+  const deadline = Date.now() + ms;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    sleep(20);
+  }
+}
+
+/** A live (not zombie) process? */
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+const scratch = mkdtempSync(join(tmpdir(), "nbdts-test-"));
+const stops: (() => void)[] = [];
+
+/** A path in this test file's scratch dir (removed at exit). */
+export const scratchPath = (name: string): string => join(scratch, name);
+
+/** A file of `size` bytes, made with `content` or sparse zeroes. */
+export function scratchFile(name: string, size: number, content?: Uint8Array): string {
+  const path = scratchPath(name);
+  writeFileSync(path, content ?? new Uint8Array(0));
+  if (!content) spawnSync("truncate", ["-s", String(size), path]);
+  return path;
+}
+
+/** Runs a command to completion; throws with its stderr if it fails. */
+export function run(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed: ${r.stderr || r.error}`);
+  return r.stdout;
+}
+
+export interface Server { pid: number; stop(): void }
+
+/** Starts `nbdkit -f -P PIDFILE ...args` and waits until it is serving. */
+function nbdkit(args: string[]): Server {
+  const pidfile = scratchPath(`nbdkit-${stops.length}.pid`);
+  const child = spawn("nbdkit", ["-f", "-P", pidfile, ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  waitFor(() => existsSync(pidfile) && readFileSync(pidfile, "utf8").trim() !== "", 10_000, `nbdkit ${args.join(" ")}`);
+  const pid = child.pid!;
+  const stop = () => {
+    if (!alive(pid)) return;
+    process.kill(pid, "SIGTERM");
+    waitFor(() => !alive(pid), 5_000, `nbdkit ${pid} to exit`);
+  };
+  stops.push(stop);
+  return { pid, stop };
+}
+
+/** nbdkit on a Unix socket in the scratch dir. */
+export function nbdkitUnix(...args: string[]): Server & { socket: string } {
+  const socket = scratchPath(`nbdkit-${stops.length}.sock`);
+  return { ...nbdkit(["-U", socket, ...args]), socket };
+}
+
+/** A TCP port that was free a moment ago. */
+export function freePort(): number {
+  const r = spawnSync(process.execPath, ["-e",
+    "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"],
+  { encoding: "utf8" });
+  return Number(r.stdout.trim());
+}
+
+/** nbdkit on a loopback TCP port. */
+export function nbdkitTcp(...args: string[]): Server & { port: number } {
+  const port = freePort();
+  return { ...nbdkit(["-i", "127.0.0.1", "-p", String(port), ...args]), port };
+}
+
+/** Stops every server this file started and removes the scratch dir. */
+export function cleanup(): void {
+  for (const stop of stops.splice(0)) stop();
+  rmSync(scratch, { recursive: true, force: true });
+}
+process.once("exit", cleanup);
+
+/** The bytes nbdkit's pattern plugin serves at `offset`: each 8-byte word is its own offset. */
+export function pattern(offset: number, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  const word = new DataView(new ArrayBuffer(8));
+  for (let i = 0; i < length; i++) {
+    const at = offset + i;
+    word.setBigUint64(0, BigInt(at - (at % 8)));
+    out[i] = word.getUint8(at % 8);
+  }
+  return out;
+}

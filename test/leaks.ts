@@ -1,0 +1,47 @@
+/**
+ * What a test may not leave behind: a live nbdkit, qemu-nbd or nbd-server
+ * process, or a socket dir of ours in /tmp. Zombies do not count: they are
+ * gone processes waiting for a parent that no longer runs.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+
+const SERVERS = new Set(["nbdkit", "qemu-nbd", "nbd-server"]);
+const OUR_DIRS = /^nbd-ts-/;
+
+export interface Snapshot { pids: Set<number>; dirs: Set<string> }
+
+/** Live NBD server processes, as "pid name". */
+export function servers(): Map<number, string> {
+  const found = new Map<number, string>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+      if (SERVERS.has(name) && state !== "Z") found.set(Number(entry), name);
+    } catch { /* the process ended while we looked */ }
+  }
+  return found;
+}
+
+export function socketDirs(): Set<string> {
+  return new Set(readdirSync("/tmp").filter((d) => OUR_DIRS.test(d)));
+}
+
+export function snapshot(): Snapshot {
+  return { pids: new Set(servers().keys()), dirs: socketDirs() };
+}
+
+/** What exists now that did not before, waiting briefly for servers that are on their way out. */
+export function leftovers(before: Snapshot, waitMs = 2000): string[] {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const left = [
+      ...[...servers()].filter(([pid]) => !before.pids.has(pid)).map(([pid, name]) => `${name} (pid ${pid})`),
+      ...[...socketDirs()].filter((d) => !before.dirs.has(d)).map((d) => `/tmp/${d}`),
+    ];
+    if (left.length === 0 || Date.now() > deadline) return left;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+  }
+}
