@@ -80,6 +80,7 @@ function check(arg: Arg, v: unknown, conn: Connection): unknown {
       if (v instanceof Uint8Array) return v;
       throw bad("expected a Uint8Array");
     case "port":
+      if (v == null) throw nullPointer(); // a char * in C, NULL-checked like any string
       if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 65535) return String(v);
       return string(v);
     case "enum":

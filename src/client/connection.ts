@@ -9,7 +9,7 @@ import { rmSync } from "node:fs";
 import { Socket } from "node:net";
 import { errno, errnoOf } from "../errno.js";
 import {
-  HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SHUTDOWN_ABANDON_PENDING, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
+  HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
   SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
 } from "../constants.js";
 import { Cmd, CmdFlag, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
@@ -69,6 +69,8 @@ export class Connection {
   readonly #inflight = new Map<number, Command>();
   #nextCookie = 1;
   #disconnectRequested = false;
+  /** The server went away while nothing was in flight (see #lost). */
+  #peerGone = false;
   #closed: Promise<void> | undefined;
   #closedResolve: (() => void) | undefined;
 
@@ -141,7 +143,8 @@ export class Connection {
   }
 
   connectTcp(hostname: string, port: string): Promise<void> {
-    return this.#connect(() => openTcp(hostname, port, this.#onread));
+    // libnbd's CONNECT_TCP goes back to START when no address answers, so the handle can retry.
+    return this.#connect(() => openTcp(hostname, port, this.#onread), true);
   }
 
   connectCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
@@ -154,7 +157,7 @@ export class Connection {
     return this.#connect(() => openSocketActivation(argv, env, this.socketActivationName, this.#onread));
   }
 
-  async #connect(open: () => Promise<Transport>): Promise<void> {
+  async #connect(open: () => Promise<Transport>, retryable = false): Promise<void> {
     this.#state = "CONNECTING";
     try {
       const transport = (this.#transport = await open());
@@ -168,6 +171,10 @@ export class Connection {
       this.#state = "READY";
       for (const chunk of this.#reader.drain()) this.#parser.push(chunk);
     } catch (e) {
+      if (retryable && !this.#transport) {
+        this.#state = "START";
+        throw e;
+      }
       const err = await explain(asNbdError(e), this.#transport?.child, STDERR_WAIT_MS);
       this.#die(err);
       throw err;
@@ -182,15 +189,22 @@ export class Connection {
     socket.on("close", () => this.#lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
   }
 
-  /** The socket failed or hit EOF. A clean EOF between replies closes; anything else kills. */
+  /**
+   * The socket failed or hit EOF. A clean EOF between replies closes; anything
+   * else kills. With nothing in flight libnbd would not have looked at the
+   * socket yet: the state stays READY and the next command finds out.
+   */
   #lost(err: NbdError, eof: boolean): void {
-    if (this.#state === "CLOSED" || this.#state === "DEAD") return;
+    if (this.#state === "CLOSED" || this.#state === "DEAD" || this.#peerGone) return;
     if (!this.#parser) return this.#reader.fail(err);
-    if (eof && (this.#disconnectRequested || this.#parserIdle())) return this.#close();
+    if (this.#inflight.size === 0 && !this.#disconnectRequested) {
+      this.#peerGone = true;
+      this.#transport?.socket.destroy();
+      return;
+    }
+    if (eof && (this.#disconnectRequested || this.#parser.idle)) return this.#close();
     this.#die(err);
   }
-
-  #parserIdle(): boolean { return this.#parser?.idle ?? true; }
 
   /** DEAD: every command in flight fails with the error that killed the connection. */
   #die(err: NbdError): void {
@@ -229,6 +243,7 @@ export class Connection {
     const child = this.#transport?.child;
     if (!child || child.pid === undefined) throw new NbdError(errno.ESRCH, "no subprocess exists");
     if (signum < 0) throw new NbdError(errno.EINVAL, `invalid signal number: ${signum}`);
+    if (child.reaped) return; // libnbd's child stays a zombie until close, so its kill() succeeds
     try {
       process.kill(child.pid, signum || "SIGTERM");
     } catch (e) {
@@ -379,6 +394,11 @@ export class Connection {
   }
 
   #issue(type: Cmd, flags: number, offset: bigint, count: number, buf?: Uint8Array): Promise<void> {
+    if (this.#peerGone) {
+      // libnbd's send fails: DEAD, and the command is retired with ENOTCONN.
+      this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
+      return Promise.reject(new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`));
+    }
     return new Promise((resolve, reject) => {
       const cookie = this.#nextCookie++;
       const cmd: Command = {
@@ -427,9 +447,10 @@ export class Connection {
 
   // ---- disconnecting --------------------------------------------------------
 
-  async shutdown(flags: number): Promise<void> {
+  async shutdown(_flags: number): Promise<void> {
+    // SHUTDOWN_ABANDON_PENDING drops requests not yet sent; ours go out at once.
+    if (this.#peerGone) return this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
     if (this.#state === "READY") {
-      if (flags & SHUTDOWN_ABANDON_PENDING) { /* nothing is queued unsent: requests go out at once */ }
       if (!this.#disconnectRequested) this.#sendDisconnect();
       await this.#waitClosed();
     } else if (this.#state === "NEGOTIATING") {

@@ -39,6 +39,9 @@ export class Subprocess {
 
   get exited(): boolean { return this.#exited; }
 
+  /** Node has waited for it: its pid may belong to another process now. */
+  get reaped(): boolean { return this.#child.exitCode !== null || this.#child.signalCode !== null; }
+
   /** The last lines the server wrote to stderr, joined with "; ". */
   stderrTail(): string {
     return this.#tail.split("\n").map((l) => l.trim()).filter(Boolean).slice(-TAIL_LINES).join("; ");

@@ -4,7 +4,7 @@
  * net.Socket whose reads go to `onread` (one static buffer, no per-read
  * allocation), plus the subprocess and temp dir it started, if any.
  */
-import { mkdtempSync, renameSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { connect, createServer, type OnReadOpts, type Server, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { errno, errnoOf } from "../errno.js";
@@ -50,12 +50,36 @@ export async function openUnix(path: string, onread: OnRead): Promise<Transport>
   return { socket: await connected(connect({ path, onread }), "connect"), path };
 }
 
+/** getaddrinfo's service lookup: a port number, or a TCP service name from /etc/services. */
+function servicePort(port: string): number | undefined {
+  if (/^\d+$/.test(port)) return Number(port) % 65536; // glibc keeps the low 16 bits, as htons() does
+  let services = "";
+  try { services = readFileSync("/etc/services", "utf8"); } catch { return undefined; }
+  for (const line of services.split("\n")) {
+    const [name, spec, ...aliases] = line.replace(/#.*/, "").trim().split(/\s+/);
+    const m = /^(\d+)\/tcp$/.exec(spec ?? "");
+    if (m && (name === port || aliases.includes(port))) return Number(m[1]);
+  }
+  return undefined;
+}
+
+/** A failed name lookup reads as libnbd's (errno 0, gai_strerror's text). */
+const gaiError = (host: string, port: string, text: string) =>
+  new NbdError(0, `getaddrinfo: hostname "${host}" port "${port}": ${text}`);
+
 export async function openTcp(host: string, port: string, onread: OnRead): Promise<Transport> {
-  const socket = connect({ host, port: Number(port), onread, noDelay: true });
+  const number = servicePort(port);
+  if (number === undefined) throw gaiError(host, port, "Servname not supported for ai_socktype");
+  const socket = connect({ host, port: number, onread, noDelay: true });
+  let lookupFailed: NodeJS.ErrnoException | undefined;
+  socket.once("lookup", (err: NodeJS.ErrnoException | null) => { if (err) lookupFailed = err; });
   try {
     return { socket: await connected(socket, `connect: ${host}:${port}: could not connect to remote host`) };
   } catch (err) {
     socket.destroy();
+    if (lookupFailed) {
+      throw gaiError(host, port, lookupFailed.code === "EAI_AGAIN" ? "Temporary failure in name resolution" : "Name or service not known");
+    }
     throw err;
   }
 }
