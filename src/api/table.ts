@@ -7,6 +7,7 @@
 import {
   CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
   HANDSHAKE_FLAG_MASK, SHUTDOWN_MASK, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED, STRICT_MASK,
+  TLS_ALLOW, TLS_DISABLE, TLS_REQUIRE,
 } from "../constants.js";
 import {
   Bool, BytesIn, BytesOut, Enum, Flags, Int, Path, Port, Str, StringList, UInt64,
@@ -55,6 +56,20 @@ export const API = {
   getStrictMode: { args: [], ret: "uint", mayFail: false, since: "1.6", summary: "see which strictness flags are in effect" },
   setSocketActivationName: { args: [Str("socket_name")], ret: "err", states: created, since: "1.16", summary: "set the socket activation name" },
   getSocketActivationName: { args: [], ret: "string", since: "1.16", summary: "get the socket activation name" },
+
+  // ---- TLS settings ------------------------------------------------------------
+  setTls: { args: [Enum("tls", [TLS_DISABLE, TLS_ALLOW, TLS_REQUIRE])], ret: "err", states: created, since: "1.0", summary: "enable or require TLS (authentication and encryption)" },
+  getTls: { args: [], ret: "int", mayFail: false, since: "1.0", summary: "get the TLS request setting" },
+  supportsTls: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "true if libnbd was compiled with support for TLS" },
+  setTlsCertificates: { args: [Path("dir")], ret: "err", states: created, since: "1.0", summary: "set the path to the TLS certificates directory" },
+  setTlsVerifyPeer: { args: [Bool("verify")], ret: "err", states: created, since: "1.0", summary: "set whether we verify the identity of the server" },
+  getTlsVerifyPeer: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "get whether we verify the identity of the server" },
+  setTlsUsername: { args: [Str("username")], ret: "err", states: created, since: "1.0", summary: "set the TLS username" },
+  getTlsUsername: { args: [], ret: "string", since: "1.0", summary: "get the current TLS username" },
+  setTlsPskFile: { args: [Path("filename")], ret: "err", states: created, since: "1.0", summary: "set the TLS Pre-Shared Keys (PSK) filename" },
+  setTlsHostname: { args: [Str("hostname")], ret: "err", states: created, since: "1.22", summary: "set the TLS hostname" },
+  getTlsHostname: { args: [], ret: "string", since: "1.22", summary: "get the effective TLS hostname" },
+  getTlsNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.2", summary: "find out if TLS was negotiated on a connection" },
 
   // ---- connecting ----------------------------------------------------------
   connectUnix: connectCall("connect to NBD server over a Unix domain socket", Path("unixsocket"), "1.0"),

@@ -11,7 +11,9 @@ import { errno, errnoOf } from "../errno.js";
 import {
   HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
   SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
+  TLS_DISABLE,
 } from "../constants.js";
+import { userInfo } from "node:os";
 import { Cmd, CmdFlag, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeRequest } from "../protocol/transmission.js";
 import type { State } from "../api/types.js";
@@ -59,6 +61,13 @@ export class Connection {
   preadInitialize = true;
   strict = STRICT_MASK;
   socketActivationName = "";
+  /** TLS: DISABLE, ALLOW or REQUIRE, and what authenticates us (see tls settings below). */
+  tls = TLS_DISABLE;
+  tlsCertificates: string | undefined;
+  tlsVerifyPeer = true;
+  tlsUsername: string | undefined;
+  tlsPskFile: string | undefined;
+  tlsHostname: string | undefined;
 
   // ---- state, and what the server said ----
   #state: StateName = "START";
@@ -71,6 +80,7 @@ export class Connection {
   #disconnectRequested = false;
   /** The server went away while nothing was in flight (see #lost). */
   #peerGone = false;
+  #tlsNegotiated = false;
   #closed: Promise<void> | undefined;
   #closedResolve: (() => void) | undefined;
 
@@ -134,6 +144,23 @@ export class Connection {
     this.socketActivationName = name;
   }
   getSocketActivationName(): string { return this.socketActivationName; }
+
+  // ---- TLS settings -----------------------------------------------------------
+
+  setTls(tls: number): void { this.tls = tls; }
+  getTls(): number { return this.tls; }
+  supportsTls(): boolean { return true; }
+  setTlsCertificates(dir: string): void { this.tlsCertificates = dir; }
+  setTlsVerifyPeer(verify: boolean): void { this.tlsVerifyPeer = verify; }
+  getTlsVerifyPeer(): boolean { return this.tlsVerifyPeer; }
+  setTlsUsername(name: string): void { this.tlsUsername = name; }
+  /** Unset, it is the login name, as libnbd's getlogin_r() gives. */
+  getTlsUsername(): string { return this.tlsUsername ?? process.env.LOGNAME ?? userInfo().username; }
+  setTlsPskFile(file: string): void { this.tlsPskFile = file; }
+  setTlsHostname(name: string): void { this.tlsHostname = name; }
+  /** Unset, it is the host name the connection was made to (libnbd 1.22). */
+  getTlsHostname(): string { return this.tlsHostname ?? this.#transport?.host ?? ""; }
+  getTlsNegotiated(): boolean { return this.#tlsNegotiated; }
 
   // ---- connecting -----------------------------------------------------------
 

@@ -20,6 +20,9 @@ export interface Transport {
   dir?: string;
   /** Where the socket is, for get_uri. */
   path?: string;
+  /** The host and port connected to by TCP, for get_uri and the TLS hostname. */
+  host?: string;
+  port?: string;
 }
 
 /** sizeof(sun_path) on Linux; libnbd refuses longer names rather than truncate them. */
@@ -74,7 +77,7 @@ export async function openTcp(host: string, port: string, onread: OnRead): Promi
   let lookupFailed: NodeJS.ErrnoException | undefined;
   socket.once("lookup", (err: NodeJS.ErrnoException | null) => { if (err) lookupFailed = err; });
   try {
-    return { socket: await connected(socket, `connect: ${host}:${port}: could not connect to remote host`) };
+    return { socket: await connected(socket, `connect: ${host}:${port}: could not connect to remote host`), host, port };
   } catch (err) {
     socket.destroy();
     if (lookupFailed) {
