@@ -7,7 +7,7 @@
 import { rmSync } from "node:fs";
 import { MAX_REQUEST_SIZE } from "./constants.js";
 import { API, type CallName, type HandleMethods } from "./api/table.js";
-import { errorValue } from "./api/invoke.js";
+import { errorValue, type Event } from "./api/invoke.js";
 import { cName, type Call } from "./api/types.js";
 import { bridgeErrno, cross } from "./bridge.js";
 import type { Extra, Reply } from "./dispatch.js";
@@ -92,15 +92,39 @@ function reserve(slot: Slot, n: number): Uint8Array {
   return new Uint8Array(slot.sab, 0, n);
 }
 
+/**
+ * Calls the caller's callbacks with what the worker recorded, in order. A
+ * callback that throws fails the call (API.md): the first such error is returned.
+ */
+function replay(events: Event[] | undefined, fns: unknown[]): Error | undefined {
+  let failure: Error | undefined;
+  for (const ev of events ?? []) {
+    try {
+      (fns[ev.arg] as (...a: unknown[]) => unknown)(...ev.args);
+    } catch (e) {
+      failure ??= e instanceof Error ? e : new Error(String(e));
+    }
+  }
+  return failure;
+}
+
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
-  const bytes = call.args.findIndex((a) => a.kind === "bytesIn" || a.kind === "bytesOut");
-  const out = bytes >= 0 && call.args[bytes]!.kind === "bytesOut";
+  const all = [...call.args, ...(call.optargs ?? [])];
+  const bytes = all.findIndex((a) => a.kind === "bytesIn" || a.kind === "bytesOut");
+  const out = bytes >= 0 && all[bytes]!.kind === "bytesOut";
+  const closures = all.flatMap((a, i) => (a.kind === "closure" ? [i] : []));
 
   return function (this: Handle, ...args: unknown[]): unknown {
     const slot = slots.get(this);
     if (!slot || slot.closed) return fail(call, closedError.format(context), closedError.errno);
     const extra: Extra = {};
+    // Callbacks stay here; the worker records their calls for replay.
+    const fns = closures.length ? [...args] : [];
+    for (const i of closures) {
+      const fn = args[i];
+      args[i] = typeof fn === "function" ? true : fn == null ? null : typeof fn;
+    }
     const user = args[bytes];
     if (bytes >= 0) {
       // A buffer travels as its length; its bytes go through shared memory.
@@ -130,7 +154,9 @@ function method(name: CallName, call: Call) {
       else if (reply.init) user.fill(0);
     }
     track(slot.id, reply.cleanup);
+    const thrown = replay(reply.events, fns);
     if (reply.msg !== undefined) setError(reply.msg, reply.errno ?? 0);
+    else if (thrown) return fail(call, `${context}: ${thrown.message}`, errno.EPROTO);
     return reply.ret;
   };
 }

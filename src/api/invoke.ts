@@ -12,11 +12,19 @@ import { NbdError, asNbdError } from "../client/error.js";
 import { API, type CallName } from "./table.js";
 import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
 
+/** A callback call made in the worker, for the caller's thread to replay. */
+export interface Event {
+  /** Which argument of the call the callback was (its index, optional ones included). */
+  arg: number;
+  args: unknown[];
+}
+
 /** A call's outcome as plain data: it crosses the thread boundary as is. */
 export interface Outcome {
   ret: number | bigint | string | null;
   errno?: number;
   msg?: string;
+  events?: Event[];
 }
 
 // Every table entry must have an implementation of the same name.
@@ -83,6 +91,12 @@ function check(arg: Arg, v: unknown, conn: Connection): unknown {
       if (v == null) throw nullPointer(); // a char * in C, NULL-checked like any string
       if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 65535) return String(v);
       return string(v);
+    case "closure":
+      // A function is called directly; `true` stands for one that lives on the
+      // caller's thread, whose calls are recorded and replayed there.
+      if (typeof v === "function" || v === true) return v;
+      if (v == null) throw nullPointer();
+      throw bad("expected a function");
     case "enum":
       if (typeof v === "number" && arg.values.includes(v)) return v;
       throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${String(v)}`);
@@ -114,15 +128,26 @@ export async function invoke(
   conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
 ): Promise<Outcome> {
   const call: Call = API[name];
+  let events: Event[] | undefined;
   try {
     checkState(conn, call);
-    const values = call.args.map((arg, i) => check(arg, args[i], conn));
-    for (const [i, arg] of (call.optargs ?? []).entries()) values.push(check(arg, args[call.args.length + i], conn));
+    const all = [...call.args, ...(call.optargs ?? [])];
+    const values = all.map((arg, i) => {
+      const v = check(arg, args[i], conn);
+      if (v !== true || arg.kind !== "closure") return v;
+      return (...cbArgs: unknown[]) => {
+        (events ??= []).push({ arg: i, args: cbArgs });
+        return 0;
+      };
+    });
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
-    return { ret: success(call.ret, await impl.apply(conn, values)) };
+    const ret = success(call.ret, await impl.apply(conn, values));
+    return events ? { ret, events } : { ret };
   } catch (e) {
     const err = asNbdError(e, errnoOf(e, errno.EIO));
-    return { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) };
+    const out: Outcome = { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) };
+    if (events) out.events = events;
+    return out;
   }
 }

@@ -10,7 +10,7 @@ import {
   TLS_ALLOW, TLS_DISABLE, TLS_REQUIRE,
 } from "../constants.js";
 import {
-  Bool, BytesIn, BytesOut, Enum, Flags, Int, Path, Port, Str, StringList, UInt64,
+  Bool, BytesIn, BytesOut, Closure, Enum, Flags, Int, Path, Port, Str, StringList, UInt64,
   type Arg, type Call, type FlagSet, type Method, type State,
 } from "./types.js";
 
@@ -25,6 +25,7 @@ const created: readonly State[] = ["created"];
 const createdOrNegotiating: readonly State[] = ["created", "negotiating"];
 const afterInfo: readonly State[] = ["negotiating", "connected", "closed"];
 const connected: readonly State[] = ["connected"];
+const negotiating: readonly State[] = ["negotiating"];
 
 const connectCall = <A extends Arg>(summary: string, arg: A, since: string, spawns?: true) =>
   ({ args: [arg], ret: "err", states: created, since, summary, ...(spawns && { spawns }) }) as const;
@@ -78,6 +79,29 @@ export const API = {
   connectSystemdSocketActivation: connectCall("connect using systemd socket activation", StringList("argv"), "1.2", true),
   getSubprocessPid: { args: [], ret: "int64", since: "1.22", summary: "get the process ID of the subprocess" },
   killSubprocess: { args: [Int("signum")], ret: "err", since: "1.0", summary: "kill server running as a subprocess" },
+
+  // ---- option negotiation (opt mode) ---------------------------------------------
+  setOptMode: { args: [Bool("enable")], ret: "err", states: created, since: "1.4", summary: "control option mode, for pausing during option negotiation" },
+  getOptMode: { args: [], ret: "bool", mayFail: false, since: "1.4", summary: "return whether option mode was enabled" },
+  optGo: { args: [], ret: "err", states: negotiating, since: "1.4", summary: "end negotiation and move on to using an export" },
+  optAbort: { args: [], ret: "err", states: negotiating, since: "1.4", summary: "end negotiation and close the connection" },
+  optInfo: { args: [], ret: "err", states: negotiating, since: "1.4", summary: "request the server for information about an export" },
+  optList: { args: [Closure("list", "list")], ret: "int", states: negotiating, since: "1.4", summary: "request the server to list all exports during negotiation" },
+  optListMetaContext: { args: [Closure("context", "context")], ret: "int", states: negotiating, since: "1.6", summary: "list available meta contexts, using implicit query list" },
+  optListMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "list available meta contexts, using explicit query list" },
+  optSetMetaContext: { args: [Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using implicit query list" },
+  optSetMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using explicit query list" },
+  optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies" },
+
+  // ---- meta contexts and what to request ---------------------------------------
+  addMetaContext: { args: [Str("name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "ask server to negotiate metadata context" },
+  getNrMetaContexts: { args: [], ret: "int", since: "1.6", summary: "return the current number of requested meta contexts" },
+  getMetaContext: { args: [UInt64("i")], ret: "string", since: "1.6", summary: "return the i'th meta context request" },
+  clearMetaContexts: { args: [], ret: "err", states: createdOrNegotiating, since: "1.6", summary: "reset the list of requested meta contexts" },
+  setRequestMetaContext: { args: [Bool("request")], ret: "err", states: createdOrNegotiating, since: "1.16", summary: "control whether connect automatically requests meta contexts" },
+  getRequestMetaContext: { args: [], ret: "bool", since: "1.16", summary: "see if connect automatically requests meta contexts" },
+  setRequestBlockSize: { args: [Bool("request")], ret: "err", states: createdOrNegotiating, since: "1.12", summary: "control whether NBD_OPT_GO requests block size" },
+  getRequestBlockSize: { args: [], ret: "bool", since: "1.12", summary: "see if NBD_OPT_GO requests block size" },
 
   // ---- what the server said -------------------------------------------------
   getSize: { args: [], ret: "int64", states: afterInfo, since: "1.0", summary: "return the export size" },

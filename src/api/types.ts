@@ -26,7 +26,17 @@ export type Arg =
   | { readonly kind: "bytesOut"; readonly name: string }
   | { readonly kind: "port"; readonly name: string }
   | { readonly kind: "enum"; readonly name: string; readonly values: readonly number[] }
+  | { readonly kind: "closure"; readonly name: string; readonly shape: Shape }
   | { readonly kind: "flags"; readonly name: string; readonly set: FlagSet; readonly allowed: number };
+
+/** libnbd's callback types; their TypeScript shapes are fixed by API.md. */
+export type Shape = "list" | "context";
+
+/** What a callback of each shape is called with, and what it returns. */
+export interface Shapes {
+  list: (name: string, description: string) => number;
+  context: (name: string) => number;
+}
 
 /**
  * Return kinds, which fix the error value: -1 for numbers, -1n for 64-bit
@@ -64,6 +74,7 @@ export const BytesOut = (name: string) => ({ kind: "bytesOut", name }) as const;
 export const Port = (name: string) => ({ kind: "port", name }) as const;
 export const Enum = (name: string, values: readonly number[]) => ({ kind: "enum", name, values }) as const;
 /** `allowed` narrows the set for one call (libnbd's OFlags subset); omitted, the whole set. */
+export const Closure = <S extends Shape>(name: string, shape: S) => ({ kind: "closure", name, shape }) as const;
 export const Flags = (name: string, set: FlagSet, allowed = set.mask) => ({ kind: "flags", name, set, allowed }) as const;
 
 /** The TypeScript type a caller passes for an argument kind. */
@@ -74,6 +85,7 @@ export type TsArg<A> =
   A extends { kind: "stringList" } ? string[] :
   A extends { kind: "bytesIn" | "bytesOut" } ? Uint8Array :
   A extends { kind: "port" } ? string | number :
+  A extends { kind: "closure"; shape: infer S extends Shape } ? Shapes[S] :
   number;
 
 /** The TypeScript type a call returns (its error value included). */

@@ -14,12 +14,12 @@ import {
   TLS_DISABLE,
 } from "../constants.js";
 import { userInfo } from "node:os";
-import { Cmd, CmdFlag, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
+import { Cmd, CmdFlag, MAX_STRING, Opt, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeRequest } from "../protocol/transmission.js";
 import type { State } from "../api/types.js";
 import { type Command, commandName } from "./command.js";
 import { NbdError, asNbdError } from "./error.js";
-import { type Negotiated, negotiate } from "./handshake.js";
+import { type ExportInfo, Negotiator, Refused, noExport } from "./handshake.js";
 import { Reader } from "./reader.js";
 import { ReplyParser } from "./replies.js";
 import { explain } from "./subprocess.js";
@@ -61,6 +61,10 @@ export class Connection {
   preadInitialize = true;
   strict = STRICT_MASK;
   socketActivationName = "";
+  optMode = false;
+  requestMetaContext = true;
+  /** The contexts add_meta_context asked for (not what the server granted). */
+  metaContextRequests: string[] = [];
   /** TLS: DISABLE, ALLOW or REQUIRE, and what authenticates us (see tls settings below). */
   tls = TLS_DISABLE;
   tlsCertificates: string | undefined;
@@ -71,7 +75,7 @@ export class Connection {
 
   // ---- state, and what the server said ----
   #state: StateName = "START";
-  #info: Negotiated | undefined;
+  #neg: Negotiator | undefined;
   #transport: Transport | undefined;
   #reader = new Reader();
   #parser: ReplyParser | undefined;
@@ -119,8 +123,10 @@ export class Connection {
   getPackageName(): string { return "nbd-ts"; }
 
   setExportName(name: string): void {
-    if (Buffer.byteLength(name) > 4096) throw new NbdError(errno.ENAMETOOLONG, "export name too long for NBD protocol");
+    if (Buffer.byteLength(name) > MAX_STRING) throw new NbdError(errno.ENAMETOOLONG, "export name too long for NBD protocol");
+    if (name === this.exportName) return;
     this.exportName = name;
+    this.#forgetExport(); // what opt_info learned was about the old name
   }
   getExportName(): string { return this.exportName; }
   setFullInfo(request: boolean): void { this.fullInfo = request; }
@@ -189,14 +195,17 @@ export class Connection {
     try {
       const transport = (this.#transport = await open());
       this.#watch(transport.socket);
-      this.#info = await negotiate(
-        { read: (n) => this.#reader.read(n), write: (b) => void transport.socket.write(b) },
-        this,
-      );
-      this.handshakeFlags = this.#info.handshakeFlags;
-      this.#parser = new ReplyParser(this.#replyHost);
-      this.#state = "READY";
-      for (const chunk of this.#reader.drain()) this.#parser.push(chunk);
+      const neg = (this.#neg = new Negotiator(
+        { read: (n) => this.#reader.read(n), write: (b) => void transport.socket.write(b) }, this));
+      const protocol = await neg.greet();
+      this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
+      if (protocol === "newstyle-fixed" && this.requestStructuredReplies) await neg.structuredReply();
+      if (protocol !== "oldstyle" && this.optMode) {
+        this.#state = "NEGOTIATING";
+        return;
+      }
+      if (protocol !== "oldstyle") await this.#go(neg);
+      this.#ready();
     } catch (e) {
       if (retryable && !this.#transport) {
         this.#state = "START";
@@ -206,6 +215,23 @@ export class Connection {
       this.#die(err);
       throw err;
     }
+  }
+
+  /** NBD_OPT_GO outside opt mode: a refusal ends with NBD_OPT_ABORT, then DEAD (libnbd 1.18). */
+  async #go(neg: Negotiator): Promise<void> {
+    try {
+      await neg.go();
+    } catch (e) {
+      if (e instanceof Refused) neg.abort();
+      throw e;
+    }
+  }
+
+  /** The transmission phase: replies go to the push parser from now on. */
+  #ready(): void {
+    this.#parser = new ReplyParser(this.#replyHost);
+    this.#state = "READY";
+    for (const chunk of this.#reader.drain()) this.#parser.push(chunk);
   }
 
   #watch(socket: Socket): void {
@@ -258,6 +284,109 @@ export class Connection {
     this.#inflight.clear();
   }
 
+  // ---- option negotiation (opt mode) -------------------------------------------
+
+  setOptMode(enable: boolean): void { this.optMode = enable; }
+  getOptMode(): boolean { return this.optMode; }
+
+  /** The Negotiator, for options only a fixed newstyle server understands. */
+  #fixed(): Negotiator {
+    const neg = this.#neg!;
+    if (!neg.fixed) throw new NbdError(errno.ENOTSUP, "server is not using fixed newstyle protocol");
+    return neg;
+  }
+
+  async optGo(): Promise<void> {
+    const neg = this.#neg!;
+    try {
+      await neg.go();
+    } catch (e) {
+      if (!(e instanceof Refused) || !neg.fixed) throw e;
+      throw new NbdError(e.errno || errno.ENOTSUP, "server replied with error to opt_go request");
+    }
+    this.#ready();
+  }
+
+  async optInfo(): Promise<void> {
+    try {
+      await this.#fixed().go(Opt.INFO);
+    } catch (e) {
+      if (!(e instanceof Refused)) throw e;
+      throw new NbdError(e.errno || errno.ENOTSUP, "server replied with error to opt_info request");
+    }
+  }
+
+  /** NBD_OPT_ABORT, then CLOSED; a plain newstyle server cannot abort, so the handle dies. */
+  optAbort(): void {
+    const neg = this.#neg!;
+    if (!neg.fixed) return this.#die(new NbdError(errno.ENOTSUP, "handshake: server is not using fixed newstyle"));
+    neg.abort();
+    this.#state = "CLOSED";
+    this.#transport?.socket.end(); // let the abort reach the server; nobody waits for its reply
+  }
+
+  async optList(list: (name: string, description: string) => number): Promise<number> {
+    const { count, err } = await this.#fixed().list(list);
+    if (err) throw new NbdError(err, "server replied with error to list request");
+    return count;
+  }
+
+  optListMetaContext(context: (name: string) => number): Promise<number> {
+    return this.#metaContext(Opt.LIST_META_CONTEXT, this.metaContextRequests, context);
+  }
+  optListMetaContextQueries(queries: string[], context: (name: string) => number): Promise<number> {
+    return this.#metaContext(Opt.LIST_META_CONTEXT, queries, context);
+  }
+  optSetMetaContext(context: (name: string) => number): Promise<number> {
+    return this.#metaContext(Opt.SET_META_CONTEXT, this.metaContextRequests, context);
+  }
+  optSetMetaContextQueries(queries: string[], context: (name: string) => number): Promise<number> {
+    return this.#metaContext(Opt.SET_META_CONTEXT, queries, context);
+  }
+
+  async #metaContext(opt: Opt.LIST_META_CONTEXT | Opt.SET_META_CONTEXT, queries: readonly string[],
+    context: (name: string) => number): Promise<number> {
+    const neg = this.#fixed();
+    if (opt === Opt.SET_META_CONTEXT && !neg.structuredReplies) {
+      throw new NbdError(errno.ENOTSUP, "server lacks structured replies");
+    }
+    const { count, err } = await neg.metaContext(opt, queries, context);
+    if (err) throw new NbdError(err, "server replied with error to meta context request");
+    return count;
+  }
+
+  async optStructuredReply(): Promise<boolean> {
+    return (await this.#fixed().structuredReply()) === 0;
+  }
+
+  /** A new export name or new requests make what the server said about the old ones stale. */
+  #forgetExport(): void {
+    const neg = this.#neg;
+    if (!neg || this.#state !== "NEGOTIATING") return;
+    neg.export = noExport();
+    neg.metaValid = false;
+  }
+
+  // ---- meta contexts and what to request -----------------------------------------
+
+  addMetaContext(name: string): void {
+    if (Buffer.byteLength(name) > MAX_STRING) throw new NbdError(errno.ENAMETOOLONG, "meta context name too long for NBD protocol");
+    this.metaContextRequests.push(name);
+  }
+  getNrMetaContexts(): number { return this.metaContextRequests.length; }
+  getMetaContext(i: bigint): string {
+    const name = this.metaContextRequests[Number(i)];
+    if (i >= BigInt(this.metaContextRequests.length) || name === undefined) {
+      throw new NbdError(errno.EINVAL, "meta context request out of range");
+    }
+    return name;
+  }
+  clearMetaContexts(): void { this.metaContextRequests = []; }
+  setRequestMetaContext(request: boolean): void { this.requestMetaContext = request; }
+  getRequestMetaContext(): boolean { return this.requestMetaContext; }
+  setRequestBlockSize(request: boolean): void { this.requestBlockSize = request; }
+  getRequestBlockSize(): boolean { return this.requestBlockSize; }
+
   // ---- subprocess -----------------------------------------------------------
 
   getSubprocessPid(): bigint {
@@ -286,8 +415,8 @@ export class Connection {
 
   // ---- what the server said -------------------------------------------------
 
-  #known(what: "size" | "flags"): Negotiated {
-    const info = this.#info;
+  #known(what: "size" | "flags"): ExportInfo {
+    const info = this.#neg?.export;
     if (!info || info.eflags === 0) {
       throw new NbdError(errno.EINVAL, `server has not returned export ${what}, you need to connect to the server first`);
     }
@@ -297,8 +426,8 @@ export class Connection {
   #flag(bit: TFlag): boolean { return (this.#known("flags").eflags & bit) !== 0; }
 
   getSize(): bigint { return this.#known("size").size; }
-  getProtocol(): string { return this.#known("flags").protocol; }
-  getStructuredRepliesNegotiated(): boolean { return this.#known("flags").structuredReplies; }
+  getProtocol(): string { return this.#neg!.protocol; }
+  getStructuredRepliesNegotiated(): boolean { return this.#neg!.structuredReplies; }
   isReadOnly(): boolean { return this.#flag(TFlag.READ_ONLY); }
   canFlush(): boolean { return this.#flag(TFlag.SEND_FLUSH); }
   canFua(): boolean { return this.#flag(TFlag.SEND_FUA); }
@@ -311,7 +440,11 @@ export class Connection {
   canCache(): boolean { return this.#flag(TFlag.SEND_CACHE); }
 
   canMetaContext(name: string): boolean {
-    return this.#known("flags").metaContexts.some((c) => c.name === name);
+    const neg = this.#neg!;
+    if (this.metaContextRequests.length && !neg.metaValid) {
+      throw new NbdError(errno.EINVAL, "need a successful server meta context request first");
+    }
+    return neg.metaContexts.some((c) => c.name === name);
   }
 
   getBlockSize(type: number): bigint {
@@ -395,7 +528,7 @@ export class Connection {
 
   /** libnbd's nbd_internal_command_common: the generic request checks, then issue and wait. */
   #command(type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array): Promise<void> {
-    const info = this.#info!;
+    const info = this.#neg!.export;
     if (this.#disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
     if (countErr) {
       if (this.strict & STRICT_ZERO_SIZE && count === 0n) throw new NbdError(errno.EINVAL, "count cannot be 0");
@@ -463,7 +596,7 @@ export class Connection {
   }
 
   readonly #replyHost = {
-    structuredReplies: () => this.#info?.structuredReplies ?? false,
+    structuredReplies: () => this.#neg?.structuredReplies ?? false,
     find: (cookie: number) => this.#inflight.get(cookie),
     retire: (cmd: Command) => {
       this.#inflight.delete(cmd.cookie);
@@ -481,7 +614,7 @@ export class Connection {
       if (!this.#disconnectRequested) this.#sendDisconnect();
       await this.#waitClosed();
     } else if (this.#state === "NEGOTIATING") {
-      this.#close();
+      this.optAbort();
     }
   }
 
