@@ -7,8 +7,9 @@
 import { rmSync } from "node:fs";
 import { MAX_REQUEST_SIZE } from "./constants.js";
 import { API, type CallName, type HandleMethods } from "./api/table.js";
-import { errorValue, type Event } from "./api/invoke.js";
-import { cName, type Call } from "./api/types.js";
+import { errorValue } from "./api/invoke.js";
+import { FAILS_ON_MINUS_ONE, cName, type Call, type Shape } from "./api/types.js";
+import { type Event, isSpan } from "./client/events.js";
 import { bridgeErrno, cross } from "./bridge.js";
 import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
@@ -20,6 +21,9 @@ interface Slot {
   sab: SharedArrayBuffer;
   /** The SAB has grown since the worker last saw it. */
   sabChanged: boolean;
+  /** Callbacks the worker may call, by id. */
+  callbacks: Map<number, Held>;
+  nextCallback: number;
   closed: boolean;
 }
 
@@ -51,7 +55,9 @@ function track(id: number, cleanup: Reply["cleanup"]): void {
 export class Handle {
   /** @internal Use create(). */
   constructor(id: number) {
-    slots.set(this, { id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false });
+    slots.set(this, {
+      id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Map(), nextCallback: 1,
+    });
   }
 
   /**
@@ -92,20 +98,45 @@ function reserve(slot: Slot, n: number): Uint8Array {
   return new Uint8Array(slot.sab, 0, n);
 }
 
+/** A callback held on this thread while the worker may call it. */
+interface Held {
+  fn: (...args: unknown[]) => unknown;
+  shape: Shape;
+  /** For chunk callbacks: the caller's buffer, onto which spans of shared memory map. */
+  buf?: Uint8Array;
+}
+
+/** How replaying went: a callback's failure fails the call that replayed it. */
+interface Replayed {
+  /** A callback threw: the call fails with its message (API.md). */
+  thrown?: Error;
+  /** A chunk or extent callback returned -1: the errno it left in its box, or EPROTO. */
+  errno?: number;
+}
+
 /**
- * Calls the caller's callbacks with what the worker recorded, in order. A
- * callback that throws fails the call (API.md): the first such error is returned.
+ * Calls the caller's callbacks with what the worker recorded, in order, with
+ * byte spans mapped back onto the caller's buffer and fresh error boxes.
  */
-function replay(events: Event[] | undefined, fns: unknown[]): Error | undefined {
-  let failure: Error | undefined;
+function replay(slot: Slot, events: Event[] | undefined): Replayed {
+  const result: Replayed = {};
   for (const ev of events ?? []) {
+    const held = slot.callbacks.get(ev.id);
+    if (!held) continue;
+    let box: { value: number } | undefined;
+    const args = ev.args.map((a) => {
+      if (isSpan(a)) return held.buf!.subarray(a.span, a.span + a.length);
+      if (typeof a === "object" && a !== null && "value" in a) return (box = { value: Number(a.value) });
+      return a;
+    });
     try {
-      (fns[ev.arg] as (...a: unknown[]) => unknown)(...ev.args);
+      const r = held.fn(...args);
+      if (r === -1 && FAILS_ON_MINUS_ONE.has(held.shape)) result.errno ??= box?.value || errno.EPROTO;
     } catch (e) {
-      failure ??= e instanceof Error ? e : new Error(String(e));
+      result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
   }
-  return failure;
+  return result;
 }
 
 function method(name: CallName, call: Call) {
@@ -113,19 +144,26 @@ function method(name: CallName, call: Call) {
   const all = [...call.args, ...(call.optargs ?? [])];
   const bytes = all.findIndex((a) => a.kind === "bytesIn" || a.kind === "bytesOut");
   const out = bytes >= 0 && all[bytes]!.kind === "bytesOut";
-  const closures = all.flatMap((a, i) => (a.kind === "closure" ? [i] : []));
+  const closures = all.flatMap((a, i) => (a.kind === "closure" ? [{ i, shape: a.shape }] : []));
 
   return function (this: Handle, ...args: unknown[]): unknown {
     const slot = slots.get(this);
     if (!slot || slot.closed) return fail(call, closedError.format(context), closedError.errno);
     const extra: Extra = {};
-    // Callbacks stay here; the worker records their calls for replay.
-    const fns = closures.length ? [...args] : [];
-    for (const i of closures) {
-      const fn = args[i];
-      args[i] = typeof fn === "function" ? true : fn == null ? null : typeof fn;
-    }
     const user = args[bytes];
+    // Callbacks stay here under an id; the worker records their calls for replay.
+    const ids: number[] = [];
+    for (const { i, shape } of closures) {
+      const fn = args[i];
+      if (typeof fn !== "function") {
+        args[i] = fn == null ? null : typeof fn;
+        continue;
+      }
+      const id = slot.nextCallback++;
+      const buf = user instanceof Uint8Array ? user : undefined;
+      slot.callbacks.set(id, { fn: fn as Held["fn"], shape, ...(buf && { buf }) });
+      ids.push((args[i] = id));
+    }
     if (bytes >= 0) {
       // A buffer travels as its length; its bytes go through shared memory.
       if (user instanceof Uint8Array) {
@@ -147,16 +185,23 @@ function method(name: CallName, call: Call) {
     const reply = cross(slot.id, name, args, extra);
     if (reply instanceof Error) {
       if (extra.sab) slot.sabChanged = true;
+      for (const id of ids) slot.callbacks.delete(id);
       return fail(call, `${context}: ${reply.message}`, bridgeErrno(reply));
     }
     if (out && user instanceof Uint8Array) {
-      if (reply.errno === undefined) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
+      // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
+      if (reply.errno === undefined || reply.events) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
       else if (reply.init) user.fill(0);
     }
     track(slot.id, reply.cleanup);
-    const thrown = replay(reply.events, fns);
+    const replayed = replay(slot, reply.events);
+    for (const id of ids) slot.callbacks.delete(id); // a blocking call's callbacks end with it
     if (reply.msg !== undefined) setError(reply.msg, reply.errno ?? 0);
-    else if (thrown) return fail(call, `${context}: ${thrown.message}`, errno.EPROTO);
+    else if (replayed.thrown) return fail(call, `${context}: ${replayed.thrown.message}`, errno.EPROTO);
+    else if (replayed.errno !== undefined) {
+      const err = new NbdError(replayed.errno, `${call.issues ?? name}: command failed`);
+      return fail(call, err.format(context), err.errno);
+    }
     return reply.ret;
   };
 }

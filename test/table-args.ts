@@ -58,6 +58,7 @@ export function plausible(arg: Arg): unknown {
     case "port": return "10809";
     case "enum": return arg.values[0];
     case "flags": return 0;
+    case "closure": return () => 0;
   }
 }
 

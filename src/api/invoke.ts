@@ -9,14 +9,16 @@ import { errno, errnoOf } from "../errno.js";
 import { STRICT_FLAGS } from "../constants.js";
 import type { Connection } from "../client/connection.js";
 import { NbdError, asNbdError } from "../client/error.js";
+import { type Event, span } from "../client/events.js";
 import { API, type CallName } from "./table.js";
 import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
 
-/** A callback call made in the worker, for the caller's thread to replay. */
-export interface Event {
-  /** Which argument of the call the callback was (its index, optional ones included). */
-  arg: number;
-  args: unknown[];
+/** A callback that records its calls for the caller's thread (which holds the real one). */
+function recorder(conn: Connection, id: number) {
+  return (...args: unknown[]): number => {
+    conn.emit({ id, args: args.map((a) => (a instanceof Uint8Array ? span(a) : a)) });
+    return 0;
+  };
 }
 
 /** A call's outcome as plain data: it crosses the thread boundary as is. */
@@ -92,9 +94,10 @@ function check(arg: Arg, v: unknown, conn: Connection): unknown {
       if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 65535) return String(v);
       return string(v);
     case "closure":
-      // A function is called directly; `true` stands for one that lives on the
-      // caller's thread, whose calls are recorded and replayed there.
-      if (typeof v === "function" || v === true) return v;
+      // A function is called directly; a number stands for one that lives on
+      // the caller's thread, whose calls are recorded and replayed there.
+      if (typeof v === "function") return v;
+      if (typeof v === "number") return recorder(conn, v);
       if (v == null) throw nullPointer();
       throw bad("expected a function");
     case "enum":
@@ -128,26 +131,21 @@ export async function invoke(
   conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
 ): Promise<Outcome> {
   const call: Call = API[name];
-  let events: Event[] | undefined;
   try {
     checkState(conn, call);
-    const all = [...call.args, ...(call.optargs ?? [])];
-    const values = all.map((arg, i) => {
-      const v = check(arg, args[i], conn);
-      if (v !== true || arg.kind !== "closure") return v;
-      return (...cbArgs: unknown[]) => {
-        (events ??= []).push({ arg: i, args: cbArgs });
-        return 0;
-      };
-    });
+    const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
-    const ret = success(call.ret, await impl.apply(conn, values));
-    return events ? { ret, events } : { ret };
+    return withEvents(conn, { ret: success(call.ret, await impl.apply(conn, values)) });
   } catch (e) {
     const err = asNbdError(e, errnoOf(e, errno.EIO));
-    const out: Outcome = { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) };
-    if (events) out.events = events;
-    return out;
+    return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) });
   }
+}
+
+/** Callback calls made since the last call (this one's, or completions of earlier ones) go back with it. */
+function withEvents(conn: Connection, out: Outcome): Outcome {
+  const events = conn.drainEvents();
+  if (events.length) out.events = events;
+  return out;
 }

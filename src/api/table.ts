@@ -5,7 +5,7 @@
  * its implementation in the client's Connection.
  */
 import {
-  CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
+  CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_REQ_ONE, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
   HANDSHAKE_FLAG_MASK, SHUTDOWN_MASK, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED, STRICT_MASK,
   TLS_ALLOW, TLS_DISABLE, TLS_REQUIRE,
 } from "../constants.js";
@@ -124,11 +124,14 @@ export const API = {
 
   // ---- I/O ------------------------------------------------------------------
   pread: { args: [BytesOut("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "read from the NBD server" },
+  preadStructured: { args: [BytesOut("buf"), UInt64("offset"), Closure("chunk", "chunk")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_DF)], ret: "err", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server" },
   pwrite: { args: [BytesIn("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "err", states: connected, since: "1.0", summary: "write to the NBD server" },
   flush: { args: [], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send flush command to the NBD server" },
   trim: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA)], ret: "err", states: connected, since: "1.0", summary: "send trim command to the NBD server" },
   cache: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send cache (prefetch) command to the NBD server" },
   zero: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)], ret: "err", states: connected, since: "1.0", summary: "send write zeroes command to the NBD server" },
+  blockStatus: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", since: "1.0", summary: "send block status command, with 32 bit callback" },
+  blockStatus64: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent64")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", c: "block_status_64", since: "1.18", summary: "send block status command, with 64 bit callback" },
   shutdown: { args: [], optargs: [Flags("flags", shutdownFlags)], ret: "err", states: ["negotiating", "connected"], since: "1.0", summary: "disconnect from the NBD server" },
 
   // ---- handle states --------------------------------------------------------

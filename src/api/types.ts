@@ -30,13 +30,24 @@ export type Arg =
   | { readonly kind: "flags"; readonly name: string; readonly set: FlagSet; readonly allowed: number };
 
 /** libnbd's callback types; their TypeScript shapes are fixed by API.md. */
-export type Shape = "list" | "context";
+export type Shape = keyof Shapes;
+
+/** libnbd's `int *error`: a callback may set the errno its failure reports. */
+export interface ErrorBox { value: number }
 
 /** What a callback of each shape is called with, and what it returns. */
 export interface Shapes {
   list: (name: string, description: string) => number;
   context: (name: string) => number;
+  chunk: (subbuf: Uint8Array, offset: bigint, status: number, error: ErrorBox) => number;
+  extent: (metacontext: string, offset: bigint, entries: Uint32Array, error: ErrorBox) => number;
+  extent64: (metacontext: string, offset: bigint, entries: BigUint64Array, error: ErrorBox) => number;
+  completion: (error: ErrorBox) => number;
+  debug: (context: string, msg: string) => number;
 }
+
+/** Shapes whose -1 fails the command they report on (libnbd's chunk and extent callbacks). */
+export const FAILS_ON_MINUS_ONE: ReadonlySet<Shape> = new Set(["chunk", "extent", "extent64"]);
 
 /**
  * Return kinds, which fix the error value: -1 for numbers, -1n for 64-bit
@@ -56,6 +67,8 @@ export interface Call {
   readonly mayFail?: false;
   /** Spawns a subprocess, so the caller's environment travels with the call. */
   readonly spawns?: true;
+  /** The NBD command a call issues, as libnbd names it in "<command>: command failed". */
+  readonly issues?: string;
   /** The C name when it is not the snake_case of the key (nbd_poll2, nbd_block_status_64). */
   readonly c?: string;
   readonly since: string;

@@ -1,5 +1,9 @@
 /** A request on the wire, from issue to retirement, keyed by its cookie. */
 import type { Cmd } from "../protocol/constants.js";
+import type { NbdError } from "./error.js";
+
+/** A user callback as the client calls it; the last argument is libnbd's `int *error`. */
+export type Callback = (...args: never[]) => number;
 
 export interface Command {
   readonly cookie: number;
@@ -15,8 +19,15 @@ export interface Command {
   serverMessage?: string;
   /** Bytes of a read covered so far by data and holes. */
   seen: number;
-  /** Called once, when the reply is complete or the connection is gone. */
-  settle(cmd: Command): void;
+  /** pread_structured's chunk callback, called per data, hole and error chunk. */
+  chunk?: Callback;
+  /** block_status's extent callback, and whether it takes 64-bit entries. */
+  extent?: { fn: Callback; wide: boolean };
+  /**
+   * Called once, when the reply is complete or the connection is gone; `fatal`
+   * is the error that killed the connection (a blocking call returns it).
+   */
+  settle(cmd: Command, fatal?: NbdError): void;
 }
 
 /** libnbd's name for each command in "<name>: command failed". */

@@ -17,7 +17,10 @@ import { userInfo } from "node:os";
 import { Cmd, CmdFlag, MAX_STRING, Opt, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeRequest } from "../protocol/transmission.js";
 import type { State } from "../api/types.js";
-import { type Command, commandName } from "./command.js";
+import type { Event } from "./events.js";
+import { type Callback, type Command, commandName } from "./command.js";
+
+type Callbacks = Pick<Command, "chunk" | "extent">;
 import { NbdError, asNbdError } from "./error.js";
 import { type ExportInfo, Negotiator, Refused, noExport } from "./handshake.js";
 import { Reader } from "./reader.js";
@@ -88,6 +91,9 @@ export class Connection {
   #closed: Promise<void> | undefined;
   #closedResolve: (() => void) | undefined;
 
+  /** Callback calls recorded for the caller's thread, oldest first. */
+  #events: Event[] = [];
+
   readonly #onread = {
     buffer: new Uint8Array(READ_BUFFER_SIZE),
     callback: (n: number, buf: Uint8Array): boolean => {
@@ -100,6 +106,14 @@ export class Connection {
 
   constructor(readonly id: number) {
     this.handleName = `nbd${id}`;
+  }
+
+  emit(event: Event): void { this.#events.push(event); }
+
+  drainEvents(): Event[] {
+    const events = this.#events;
+    this.#events = [];
+    return events;
   }
 
   // ---- states ---------------------------------------------------------------
@@ -211,6 +225,9 @@ export class Connection {
         this.#state = "START";
         throw e;
       }
+      // EOF first: a server still running (one that sent garbage) exits, and
+      // explain() need not wait out its timeout to hear its last words.
+      this.#transport?.socket.end();
       const err = await explain(asNbdError(e), this.#transport?.child, STDERR_WAIT_MS);
       this.#die(err);
       throw err;
@@ -259,27 +276,27 @@ export class Connection {
     this.#die(err);
   }
 
-  /** DEAD: every command in flight fails with the error that killed the connection. */
+  /** DEAD: a blocking call waiting on a command returns the error that killed the connection. */
   #die(err: NbdError): void {
     this.#state = "DEAD";
     this.#transport?.socket.destroy();
-    this.#failInflight(() => err);
+    this.#failInflight(err);
     this.#closedResolve?.();
   }
 
-  /** CLOSED: commands still in flight fail with ENOTCONN, as libnbd retires them. */
+  /** CLOSED: commands still in flight fail with "<cmd>: command failed" (ENOTCONN unless they had an error). */
   #close(): void {
     this.#state = "CLOSED";
     this.#transport?.socket.destroy();
-    this.#failInflight((cmd) => new NbdError(errno.ENOTCONN, `${commandName[cmd.type]}: command failed`));
+    this.#failInflight();
     this.#closedResolve?.();
   }
 
-  #failInflight(errorFor: (cmd: Command) => NbdError): void {
+  /** libnbd's abort_commands: ENOTCONN for each command that had no error of its own. */
+  #failInflight(fatal?: NbdError): void {
     for (const cmd of this.#inflight.values()) {
-      const err = errorFor(cmd);
-      cmd.error ||= err.errno;
-      this.#settle(cmd, err);
+      cmd.error ||= errno.ENOTCONN;
+      cmd.settle(cmd, fatal);
     }
     this.#inflight.clear();
   }
@@ -477,6 +494,11 @@ export class Connection {
     return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf);
   }
 
+  preadStructured(buf: Uint8Array, offset: bigint, chunk: Callback, flags: number): Promise<void> {
+    this.#strictFlags(flags);
+    return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf, { chunk });
+  }
+
   pwrite(buf: Uint8Array, offset: bigint, flags: number): Promise<void> {
     this.#strictWrite(flags);
     return this.#command(Cmd.WRITE, flags & ~CmdFlag.PAYLOAD_LEN, offset, BigInt(buf.byteLength), errno.ENOSPC, buf);
@@ -507,6 +529,26 @@ export class Connection {
     return this.#command(Cmd.WRITE_ZEROES, flags, offset, count, errno.ENOSPC);
   }
 
+  blockStatus(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
+    return this.#blockStatus(count, offset, { fn: extent, wide: false }, flags);
+  }
+
+  blockStatus64(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
+    return this.#blockStatus(count, offset, { fn: extent, wide: true }, flags);
+  }
+
+  #blockStatus(count: bigint, offset: bigint, extent: Command["extent"], flags: number): Promise<void> {
+    const neg = this.#neg!;
+    if (this.strict & STRICT_COMMANDS) {
+      if (!neg.structuredReplies) throw new NbdError(errno.ENOTSUP, "server does not support structured replies");
+      if (!neg.metaValid || neg.metaContexts.length === 0) {
+        throw new NbdError(errno.ENOTSUP, "did not negotiate any metadata contexts, either you did not call " +
+          "nbd_add_meta_context before connecting or the server does not support it");
+      }
+    }
+    return this.#command(Cmd.BLOCK_STATUS, flags, offset, count, errno.EINVAL, undefined, { extent });
+  }
+
   // STRICT_COMMANDS: refuse what the server did not advertise (lib/rw.c).
   #strictCommand(flag: TFlag, what: string): void {
     if (this.strict & STRICT_COMMANDS && !this.#flag(flag)) {
@@ -527,7 +569,9 @@ export class Connection {
   }
 
   /** libnbd's nbd_internal_command_common: the generic request checks, then issue and wait. */
-  #command(type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array): Promise<void> {
+  #command(
+    type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array, callbacks?: Callbacks,
+  ): Promise<void> {
     const info = this.#neg!.export;
     if (this.#disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
     if (countErr) {
@@ -550,10 +594,10 @@ export class Connection {
     // Reads start from zeroes, so that a server that sends too little never
     // leaves stale bytes behind (libnbd's pread_initialize).
     if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
-    return this.#issue(type, flags, offset, Number(count), buf);
+    return this.#issue(type, flags, offset, Number(count), buf, callbacks);
   }
 
-  #issue(type: Cmd, flags: number, offset: bigint, count: number, buf?: Uint8Array): Promise<void> {
+  #issue(type: Cmd, flags: number, offset: bigint, count: number, buf?: Uint8Array, callbacks?: Callbacks): Promise<void> {
     if (this.#peerGone) {
       // libnbd's send fails: DEAD, and the command is retired with ENOTCONN.
       this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
@@ -562,21 +606,17 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const cookie = this.#nextCookie++;
       const cmd: Command = {
-        cookie, type, flags, offset, count, buf, error: 0, seen: 0,
-        settle: (c) => (c.error ? reject(this.#commandError(c)) : resolve()),
+        cookie, type, flags, offset, count, buf, error: 0, seen: 0, ...callbacks,
+        settle: (c, fatal) => (fatal ? reject(fatal) : c.error ? reject(this.#commandError(c)) : resolve()),
       };
       this.#inflight.set(cookie, cmd);
       this.#sendRequest(cmd);
+      this.#parser?.resume(); // bytes that came while no reply was awaited are read now, as libnbd would
     });
   }
 
   #commandError(cmd: Command): NbdError {
     return new NbdError(cmd.error, `${commandName[cmd.type]}: command failed`);
-  }
-
-  #settle(cmd: Command, err?: NbdError): void {
-    if (err) cmd.error ||= err.errno;
-    cmd.settle(cmd);
   }
 
   #sendRequest(cmd: Command): void {
@@ -597,6 +637,8 @@ export class Connection {
 
   readonly #replyHost = {
     structuredReplies: () => this.#neg?.structuredReplies ?? false,
+    contextName: (id: number) => this.#neg?.metaContexts.find((c) => c.id === id)?.name,
+    awaiting: () => this.#inflight.size > 0,
     find: (cookie: number) => this.#inflight.get(cookie),
     retire: (cmd: Command) => {
       this.#inflight.delete(cmd.cookie);

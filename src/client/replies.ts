@@ -9,15 +9,19 @@ import { errno } from "../errno.js";
 import { CHUNK_ERR_BIT, Chunk, Cmd, REPLY_FLAG_DONE, SIMPLE_REPLY_MAGIC } from "../protocol/constants.js";
 import { ProtocolError, dv } from "../protocol/handshake.js";
 import {
-  OFFSET_DATA_HEADER, decodeChunkHeader, decodeErrorChunk, decodeOffset, decodeOffsetHole, decodeSimpleReply,
+  type ChunkHeader, OFFSET_DATA_HEADER, decodeBlockStatus, decodeChunkHeader, decodeErrorChunk, decodeOffset, decodeOffsetHole, decodeSimpleReply,
   errnoOfNbdError, replyHeaderSize,
 } from "../protocol/transmission.js";
-import { MAX_REQUEST_SIZE } from "../constants.js";
-import type { Command } from "./command.js";
+import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants.js";
+import type { Callback, Command } from "./command.js";
 import { NbdError } from "./error.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
+  /** A reply is due (a command is in flight). Bytes that come while none is are held (see resume). */
+  awaiting(): boolean;
+  /** The name of a negotiated meta context, by the id the server gave it. */
+  contextName(id: number): string | undefined;
   find(cookie: number): Command | undefined;
   /** The reply to `cmd` is complete (its `error` says how it went). */
   retire(cmd: Command): void;
@@ -35,6 +39,30 @@ const enum S {
 /** A chunk longer than this cannot be valid: the largest read plus its offset. */
 const MAX_CHUNK = MAX_REQUEST_SIZE + OFFSET_DATA_HEADER;
 
+const wrongCommand = (chunk: string, cmd: Command): ProtocolError => new ProtocolError(
+  `invalid command for receiving ${chunk} chunk, cmd->type=${cmd.type}, this is likely to be a bug in the server`);
+
+/** What libnbd checks from a chunk's header alone (generator/states-reply-structured.c, CHECK). */
+function checkChunk(h: ChunkHeader, cmd: Command): void {
+  switch (h.type) {
+    case Chunk.NONE:
+      if (h.length !== 0) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_NONE");
+      if (!(h.flags & REPLY_FLAG_DONE)) throw new ProtocolError("NBD_REPLY_FLAG_DONE must be set in NBD_REPLY_TYPE_NONE");
+      return;
+    case Chunk.OFFSET_HOLE:
+      if (cmd.type !== Cmd.READ) throw wrongCommand("offset-hole", cmd);
+      if (h.length !== 12) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_OFFSET_HOLE");
+      return;
+    case Chunk.BLOCK_STATUS:
+      if (cmd.type !== Cmd.BLOCK_STATUS) throw wrongCommand("block-status", cmd);
+      if (h.length < 12 || (h.length - 4) % 8 !== 0) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_BLOCK_STATUS");
+      return;
+    default:
+      if (!(h.type & CHUNK_ERR_BIT)) throw new ProtocolError(`unknown structured reply type (${h.type})`);
+      if (h.length < 6) throw new ProtocolError("too short length in structured reply error");
+  }
+}
+
 export class ReplyParser {
   #state = S.HEADER;
   readonly #header = new Uint8Array(32);
@@ -51,7 +79,12 @@ export class ReplyParser {
   #target: Uint8Array | undefined;
   #at = 0;
   #left = 0;
+  /** Where the current data run started in the command's buffer, and its wire offset. */
+  #dataAt = 0;
+  #dataOffset = 0n;
   #payload = new Uint8Array(0);
+  /** What arrived while no reply was awaited: libnbd leaves it unread in the socket until one is. */
+  #held: Uint8Array[] = [];
 
   constructor(private readonly host: ReplyHost) {}
 
@@ -63,10 +96,23 @@ export class ReplyParser {
   push(chunk: Uint8Array): void {
     try {
       let p = 0;
-      while (p < chunk.byteLength) p = this.#step(chunk, p);
+      while (p < chunk.byteLength) {
+        if (this.#held.length || (this.idle && !this.host.awaiting())) {
+          this.#held.push(chunk.slice(p));
+          return;
+        }
+        p = this.#step(chunk, p);
+      }
     } catch (err) {
       this.host.fatal(err instanceof NbdError ? err : new NbdError(0, (err as Error).message));
     }
+  }
+
+  /** A reply is now awaited: parse what was held back. */
+  resume(): void {
+    const held = this.#held;
+    this.#held = [];
+    for (const chunk of held) this.push(chunk);
   }
 
   #step(chunk: Uint8Array, p: number): number {
@@ -103,7 +149,7 @@ export class ReplyParser {
     if (this.#state === S.DATA_OFFSET) return this.#startData(decodeOffset(this.#header));
     if (this.#need === 4) {
       const size = replyHeaderSize(this.#view.getUint32(0));
-      if (size === 0) throw new NbdError(errno.EPROTO, `invalid reply magic 0x${this.#view.getUint32(0).toString(16)}`);
+      if (size === 0) throw new NbdError(0, `invalid reply magic 0x${this.#view.getUint32(0).toString(16)}`);
       this.#need = size;
       return;
     }
@@ -129,6 +175,7 @@ export class ReplyParser {
       // server bug: take the data to stay in sync, fail the command.
       if (this.host.structuredReplies()) cmd.error ||= errno.EPROTO;
       cmd.seen = cmd.count;
+      this.#dataOffset = cmd.offset;
       return this.#expectData(cmd.buf, 0, cmd.count);
     }
     this.#finish();
@@ -137,18 +184,21 @@ export class ReplyParser {
   #chunkHeader(): void {
     const h = decodeChunkHeader(this.#view);
     const cmd = this.#lookup(h.cookie);
+    if (!this.host.structuredReplies()) throw new ProtocolError("server sent unexpected structured reply");
     this.#flags = h.flags;
     this.#type = h.type;
     this.#length = h.length;
-    if (h.length > MAX_CHUNK) throw new ProtocolError(`structured reply chunk too large (${h.length} bytes)`);
+    if (h.length > MAX_CHUNK) throw new ProtocolError(`invalid server reply length ${h.length}`);
     if (h.type === Chunk.OFFSET_DATA) {
-      if (cmd.type !== Cmd.READ) throw new ProtocolError("invalid command for receiving offset-data chunk");
-      if (h.length <= OFFSET_DATA_HEADER) throw new ProtocolError("too short length in NBD_REPLY_TYPE_OFFSET_DATA");
+      if (cmd.type !== Cmd.READ) throw wrongCommand("offset-data", cmd);
+      // An empty data chunk (length 8) is accepted, as libnbd does.
+      if (h.length < OFFSET_DATA_HEADER) throw new ProtocolError("too short length in NBD_REPLY_TYPE_OFFSET_DATA");
       this.#state = S.DATA_OFFSET;
       this.#have = 0;
       this.#need = OFFSET_DATA_HEADER;
       return;
     }
+    checkChunk(h, cmd); // before waiting for a payload that may never come
     this.#payload = new Uint8Array(h.length);
     this.#left = h.length;
     this.#state = S.PAYLOAD;
@@ -158,8 +208,9 @@ export class ReplyParser {
   /** Checks that [offset, offset+length) lies inside the command's range; returns the index into its buffer. */
   #within(offset: bigint, length: number): number {
     const cmd = this.#cmd!;
-    if (offset < cmd.offset || offset + BigInt(length) > cmd.offset + BigInt(cmd.count)) {
-      throw new NbdError(0, `range of structured reply is out of bounds, offset=${cmd.offset}, cmd->count=${cmd.count}, data->offset=${offset}, length=${length}: this is likely to be a bug in the NBD server`);
+    const end = cmd.offset + BigInt(cmd.count);
+    if (offset < cmd.offset || offset >= end || offset + BigInt(length) > end) {
+      throw new NbdError(0, `range of structured reply is out of bounds, offset=${offset}, cmd->offset=${cmd.offset}, length=${length}, cmd->count=${cmd.count}: this is likely to be a bug in the NBD server`);
     }
     return Number(offset - cmd.offset);
   }
@@ -168,18 +219,23 @@ export class ReplyParser {
     const length = this.#length - OFFSET_DATA_HEADER;
     const cmd = this.#cmd!;
     cmd.seen += length;
+    this.#dataOffset = offset;
     this.#expectData(cmd.buf, this.#within(offset, length), length);
   }
 
   #expectData(target: Uint8Array | undefined, at: number, length: number): void {
     this.#target = target;
-    this.#at = at;
+    this.#at = this.#dataAt = at;
     this.#left = length;
     this.#state = S.DATA;
     if (length === 0) this.#endOfData();
   }
 
   #endOfData(): void {
+    const cmd = this.#cmd!;
+    if (cmd.chunk && this.#target) {
+      callback(cmd, cmd.chunk, [this.#target.subarray(this.#dataAt, this.#at), this.#dataOffset, READ_DATA]);
+    }
     this.#target = undefined;
     if (this.#simple || this.#flags & REPLY_FLAG_DONE) this.#finish();
     else this.#next();
@@ -190,23 +246,38 @@ export class ReplyParser {
     const type = this.#type;
     switch (type) {
       case Chunk.NONE:
-        if (payload.byteLength !== 0 || !(this.#flags & REPLY_FLAG_DONE)) {
-          throw new ProtocolError("NBD_REPLY_TYPE_NONE must have length 0 and the done flag");
+        if (payload.byteLength !== 0) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_NONE");
+        if (!(this.#flags & REPLY_FLAG_DONE)) {
+          throw new ProtocolError("NBD_REPLY_FLAG_DONE must be set in NBD_REPLY_TYPE_NONE");
         }
         break;
       case Chunk.OFFSET_HOLE: {
-        if (cmd.type !== Cmd.READ) throw new ProtocolError("invalid command for receiving offset-hole chunk");
+        if (cmd.type !== Cmd.READ) throw wrongCommand("offset-hole", cmd);
         const hole = decodeOffsetHole(payload);
         const at = this.#within(hole.offset, hole.length);
         cmd.buf?.fill(0, at, at + hole.length);
         cmd.seen += hole.length;
+        if (cmd.chunk && cmd.buf) callback(cmd, cmd.chunk, [cmd.buf.subarray(at, at + hole.length), hole.offset, READ_HOLE]);
+        break;
+      }
+      case Chunk.BLOCK_STATUS: {
+        if (cmd.type !== Cmd.BLOCK_STATUS) throw new ProtocolError("invalid command for receiving block-status chunk");
+        const { id, entries } = decodeBlockStatus(payload);
+        const name = this.host.contextName(id);
+        if (name === undefined || !cmd.extent) break; // a context we did not ask for: skip it, as libnbd does
+        const list = cmd.extent.wide ? BigUint64Array.from(entries, BigInt) : entries;
+        callback(cmd, cmd.extent.fn, [name, cmd.offset, list]);
         break;
       }
       default:
         if (type & CHUNK_ERR_BIT) {
           const e = decodeErrorChunk(payload, type);
-          if (e.offset !== undefined) this.#within(e.offset, 0);
-          cmd.error ||= e.error ? errnoOfNbdError(e.error) : errno.EPROTO;
+          const error = e.error ? errnoOfNbdError(e.error) : errno.EPROTO;
+          if (e.offset !== undefined) {
+            const at = this.#within(e.offset, 0);
+            if (cmd.chunk && cmd.buf) callback(cmd, cmd.chunk, [cmd.buf.subarray(at, at), e.offset, READ_ERROR], error);
+          }
+          cmd.error ||= error;
           cmd.serverMessage ??= e.message;
           break;
         }
@@ -230,4 +301,20 @@ export class ReplyParser {
     this.#need = 4;
     this.#cmd = undefined;
   }
+}
+
+/**
+ * Calls a chunk or extent callback as libnbd does: the error box holds the
+ * command's error so far (or the error a READ_ERROR chunk reports); a -1 (or
+ * a throw) fails the command with the errno left in the box, else EPROTO.
+ */
+function callback(cmd: Command, fn: Callback, args: unknown[], error = cmd.error): void {
+  const box = { value: error };
+  let r: unknown;
+  try {
+    r = (fn as (...a: unknown[]) => unknown)(...args, box);
+  } catch {
+    r = -1;
+  }
+  if (r === -1 && cmd.error === 0) cmd.error = box.value || errno.EPROTO;
 }
