@@ -8,6 +8,8 @@ import { Connection } from "./client/connection.js";
 import { errno } from "./errno.js";
 import { invoke, type Outcome } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
+import { isBytes, isPersist } from "./api/types.js";
+import type { Settlement } from "./callbacks.js";
 
 /** What rides along with a call, besides its arguments. */
 export interface Extra {
@@ -15,6 +17,8 @@ export interface Extra {
   sab?: SharedArrayBuffer;
   /** The caller's environment, for calls that spawn a server. */
   env?: NodeJS.ProcessEnv;
+  /** What the caller's callbacks decided about aio commands (see callbacks.ts). */
+  settle?: Settlement[];
 }
 
 export interface Reply extends Outcome {
@@ -50,11 +54,15 @@ export async function dispatch(id: number, name: string, args: unknown[], extra:
     return { ret: 0 };
   }
   if (extra.sab) slot.sab = extra.sab;
+  for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);
   const call = API[name as CallName];
   call.args.forEach((arg, i) => {
     const v = args[i];
-    if ((arg.kind === "bytesIn" || arg.kind === "bytesOut") && typeof v === "number") {
-      args[i] = v <= slot.sab.byteLength ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+    if (!isBytes(arg)) return;
+    if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+    else if (typeof v === "object" && v !== null && "sab" in v) {
+      const { sab, offset, length } = v as { sab: SharedArrayBuffer; offset: number; length: number };
+      args[i] = new Uint8Array(sab, offset, length); // an aio buffer: memory of its own
     }
   });
   const reply: Reply = await invoke(slot.conn, name as CallName, args, extra.env);

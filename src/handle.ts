@@ -8,8 +8,8 @@ import { rmSync } from "node:fs";
 import { MAX_REQUEST_SIZE } from "./constants.js";
 import { API, type CallName, type HandleMethods } from "./api/table.js";
 import { errorValue } from "./api/invoke.js";
-import { FAILS_ON_MINUS_ONE, cName, type Call, type Shape } from "./api/types.js";
-import { type Event, isSpan } from "./client/events.js";
+import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
+import { Callbacks } from "./callbacks.js";
 import { bridgeErrno, cross } from "./bridge.js";
 import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
@@ -21,9 +21,8 @@ interface Slot {
   sab: SharedArrayBuffer;
   /** The SAB has grown since the worker last saw it. */
   sabChanged: boolean;
-  /** Callbacks the worker may call, by id. */
-  callbacks: Map<number, Held>;
-  nextCallback: number;
+  /** Callbacks the worker may call. */
+  callbacks: Callbacks;
   closed: boolean;
 }
 
@@ -56,7 +55,7 @@ export class Handle {
   /** @internal Use create(). */
   constructor(id: number) {
     slots.set(this, {
-      id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Map(), nextCallback: 1,
+      id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Callbacks(),
     });
   }
 
@@ -98,52 +97,34 @@ function reserve(slot: Slot, n: number): Uint8Array {
   return new Uint8Array(slot.sab, 0, n);
 }
 
-/** A callback held on this thread while the worker may call it. */
-interface Held {
-  fn: (...args: unknown[]) => unknown;
-  shape: Shape;
-  /** For chunk callbacks: the caller's buffer, onto which spans of shared memory map. */
-  buf?: Uint8Array;
-}
-
-/** How replaying went: a callback's failure fails the call that replayed it. */
-interface Replayed {
-  /** A callback threw: the call fails with its message (API.md). */
-  thrown?: Error;
-  /** A chunk or extent callback returned -1: the errno it left in its box, or EPROTO. */
-  errno?: number;
-}
-
-/**
- * Calls the caller's callbacks with what the worker recorded, in order, with
- * byte spans mapped back onto the caller's buffer and fresh error boxes.
- */
-function replay(slot: Slot, events: Event[] | undefined): Replayed {
-  const result: Replayed = {};
-  for (const ev of events ?? []) {
-    const held = slot.callbacks.get(ev.id);
-    if (!held) continue;
-    let box: { value: number } | undefined;
-    const args = ev.args.map((a) => {
-      if (isSpan(a)) return held.buf!.subarray(a.span, a.span + a.length);
-      if (typeof a === "object" && a !== null && "value" in a) return (box = { value: Number(a.value) });
-      return a;
-    });
-    try {
-      const r = held.fn(...args);
-      if (r === -1 && FAILS_ON_MINUS_ONE.has(held.shape)) result.errno ??= box?.value || errno.EPROTO;
-    } catch (e) {
-      result.thrown ??= e instanceof Error ? e : new Error(String(e));
-    }
+/** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
+function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): { wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array } } {
+  if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
+  if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
+  if (!persist) {
+    const shared = reserve(slot, user.byteLength);
+    if (!out) shared.set(user);
+    return { wire: user.byteLength, view: user };
   }
-  return result;
+  // An aio buffer must outlive the call: the caller's own shared memory, or a copy.
+  if (user.buffer instanceof SharedArrayBuffer) {
+    return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
+  }
+  const staging = new Uint8Array(new SharedArrayBuffer(user.byteLength));
+  if (!out) staging.set(user);
+  return {
+    wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
+    view: staging,
+    ...(out && { copy: { to: user, from: staging } }),
+  };
 }
 
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
   const all = [...call.args, ...(call.optargs ?? [])];
-  const bytes = all.findIndex((a) => a.kind === "bytesIn" || a.kind === "bytesOut");
-  const out = bytes >= 0 && all[bytes]!.kind === "bytesOut";
+  const bytes = all.findIndex(isBytes);
+  const out = bytes >= 0 && isOut(all[bytes]!);
+  const persist = bytes >= 0 && isPersist(all[bytes]!);
   const closures = all.flatMap((a, i) => (a.kind === "closure" ? [{ i, shape: a.shape }] : []));
 
   return function (this: Handle, ...args: unknown[]): unknown {
@@ -151,51 +132,39 @@ function method(name: CallName, call: Call) {
     if (!slot || slot.closed) return fail(call, closedError.format(context), closedError.errno);
     const extra: Extra = {};
     const user = args[bytes];
+    const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
+    if (buffer) args[bytes] = buffer.wire;
     // Callbacks stay here under an id; the worker records their calls for replay.
     const ids: number[] = [];
     for (const { i, shape } of closures) {
       const fn = args[i];
-      if (typeof fn !== "function") {
-        args[i] = fn == null ? null : typeof fn;
-        continue;
-      }
-      const id = slot.nextCallback++;
-      const buf = user instanceof Uint8Array ? user : undefined;
-      slot.callbacks.set(id, { fn: fn as Held["fn"], shape, ...(buf && { buf }) });
-      ids.push((args[i] = id));
-    }
-    if (bytes >= 0) {
-      // A buffer travels as its length; its bytes go through shared memory.
-      if (user instanceof Uint8Array) {
-        if (user.byteLength <= MAX_REQUEST_SIZE) {
-          const shared = reserve(slot, user.byteLength);
-          if (!out) shared.set(user);
-        }
-        args[bytes] = user.byteLength;
-      } else {
-        args[bytes] = user == null ? null : typeof user;
-      }
+      if (typeof fn === "function") ids.push((args[i] = slot.callbacks.hold(fn as never, shape, buffer?.view)));
+      else args[i] = fn == null ? fn : typeof fn;
     }
     if (slot.sabChanged) {
       extra.sab = slot.sab;
       slot.sabChanged = false;
     }
+    if (slot.callbacks.settlements.length) extra.settle = slot.callbacks.settlements.splice(0);
     if (call.spawns) extra.env = { ...process.env };
 
     const reply = cross(slot.id, name, args, extra);
     if (reply instanceof Error) {
       if (extra.sab) slot.sabChanged = true;
-      for (const id of ids) slot.callbacks.delete(id);
+      slot.callbacks.drop(ids);
       return fail(call, `${context}: ${reply.message}`, bridgeErrno(reply));
     }
-    if (out && user instanceof Uint8Array) {
+    if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
       if (reply.errno === undefined || reply.events) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
       else if (reply.init) user.fill(0);
     }
     track(slot.id, reply.cleanup);
-    const replayed = replay(slot, reply.events);
-    for (const id of ids) slot.callbacks.delete(id); // a blocking call's callbacks end with it
+    const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy);
+    else if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    const replayed = slot.callbacks.replay(reply.events);
+    if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it
     if (reply.msg !== undefined) setError(reply.msg, reply.errno ?? 0);
     else if (replayed.thrown) return fail(call, `${context}: ${replayed.thrown.message}`, errno.EPROTO);
     else if (replayed.errno !== undefined) {

@@ -19,7 +19,7 @@ export const cName = (name: string, call: Call): string =>
 
 /** The error value of a call (API.md's table): -1n for 64-bit results, null for strings, else -1. */
 export function errorValue(call: Call): number | bigint | null {
-  if (call.ret === "int64") return -1n;
+  if (call.ret === "int64" || call.ret === "cookie") return -1n;
   if (call.ret === "string" || call.ret === "staticString") return null;
   return -1;
 }
@@ -54,7 +54,9 @@ export function plausible(arg: Arg): unknown {
     case "path": return "/nonexistent/nbd-ts-test.sock";
     case "stringList": return ["false"];
     case "bytesIn":
-    case "bytesOut": return new Uint8Array(512);
+    case "bytesOut":
+    case "bytesPersistIn":
+    case "bytesPersistOut": return new Uint8Array(512);
     case "port": return "10809";
     case "enum": return arg.values[0];
     case "flags": return 0;

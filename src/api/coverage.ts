@@ -18,6 +18,7 @@ const returns: Record<Ret, string> = {
   int: "`number` / `-1`",
   uint: "`number`",
   int64: "`bigint` / `-1n`",
+  cookie: "cookie `bigint` / `-1n`",
   string: "`string` / `null`",
   staticString: "`string` / `null`",
 };

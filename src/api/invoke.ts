@@ -43,7 +43,7 @@ const stateText: Record<State, string> = {
 };
 
 export function errorValue(ret: Ret): number | bigint | null {
-  return ret === "int64" ? -1n : ret === "string" || ret === "staticString" ? null : -1;
+  return ret === "int64" || ret === "cookie" ? -1n : ret === "string" || ret === "staticString" ? null : -1;
 }
 
 function success(ret: Ret, value: unknown): Outcome["ret"] {
@@ -57,7 +57,7 @@ function success(ret: Ret, value: unknown): Outcome["ret"] {
 const TWO64 = 1n << 64n;
 
 /** The value an argument has once checked: what the implementation receives. */
-function check(arg: Arg, v: unknown, conn: Connection): unknown {
+function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unknown {
   const bad = (text: string) => new NbdError(errno.EINVAL, `${arg.name}: ${text}`);
   const nullPointer = () => new NbdError(errno.EFAULT, `${arg.name} cannot be NULL`);
   const string = (s: unknown) => {
@@ -86,6 +86,8 @@ function check(arg: Arg, v: unknown, conn: Connection): unknown {
       return v.map(string);
     case "bytesIn":
     case "bytesOut":
+    case "bytesPersistIn":
+    case "bytesPersistOut":
       if (v == null) throw nullPointer();
       if (v instanceof Uint8Array) return v;
       throw bad("expected a Uint8Array");
@@ -98,7 +100,10 @@ function check(arg: Arg, v: unknown, conn: Connection): unknown {
       // the caller's thread, whose calls are recorded and replayed there.
       if (typeof v === "function") return v;
       if (typeof v === "number") return recorder(conn, v);
-      if (v == null) throw nullPointer();
+      if (v == null) {
+        if (optional) return undefined; // completion callbacks may be left out
+        throw nullPointer();
+      }
       throw bad("expected a function");
     case "enum":
       if (typeof v === "number" && arg.values.includes(v)) return v;
@@ -133,7 +138,7 @@ export async function invoke(
   const call: Call = API[name];
   try {
     checkState(conn, call);
-    const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn));
+    const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
     return withEvents(conn, { ret: success(call.ret, await impl.apply(conn, values)) });

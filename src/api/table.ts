@@ -5,12 +5,13 @@
  * its implementation in the client's Connection.
  */
 import {
-  CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_REQ_ONE, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN,
+  CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE,
   HANDSHAKE_FLAG_MASK, SHUTDOWN_MASK, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED, STRICT_MASK,
   TLS_ALLOW, TLS_DISABLE, TLS_REQUIRE,
 } from "../constants.js";
 import {
-  Bool, BytesIn, BytesOut, Closure, Enum, Flags, Int, Path, Port, Str, StringList, UInt64,
+  Bool, BytesIn, BytesOut, BytesPersistIn, BytesPersistOut, Closure, Enum, Flags, Int, Path, Port, Str, StringList,
+  UInt64,
   type Arg, type Call, type FlagSet, type Method, type State,
 } from "./types.js";
 
@@ -133,6 +134,29 @@ export const API = {
   blockStatus: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", since: "1.0", summary: "send block status command, with 32 bit callback" },
   blockStatus64: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent64")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", c: "block_status_64", since: "1.18", summary: "send block status command, with 64 bit callback" },
   shutdown: { args: [], optargs: [Flags("flags", shutdownFlags)], ret: "err", states: ["negotiating", "connected"], since: "1.0", summary: "disconnect from the NBD server" },
+
+  // ---- aio: commands that return a cookie at once ----------------------------------
+  aioPread: { args: [BytesPersistOut("buf"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server" },
+  aioPreadStructured: { args: [BytesPersistOut("buf"), UInt64("offset"), Closure("chunk", "chunk")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_DF)], ret: "cookie", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server" },
+  aioPwrite: { args: [BytesPersistIn("buf"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "cookie", states: connected, issues: "write", since: "1.0", summary: "write to the NBD server" },
+  aioFlush: { args: [], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "flush", since: "1.0", summary: "send flush command to the NBD server" },
+  aioTrim: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA)], ret: "cookie", states: connected, issues: "trim", since: "1.0", summary: "send trim command to the NBD server" },
+  aioCache: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "cache", since: "1.0", summary: "send cache (prefetch) command to the NBD server" },
+  aioZero: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)], ret: "cookie", states: connected, issues: "write-zeroes", since: "1.0", summary: "send write zeroes command to the NBD server" },
+  aioBlockStatus: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "cookie", states: connected, issues: "block-status", since: "1.0", summary: "send block status command, with 32 bit callback" },
+  aioBlockStatus64: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent64")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "cookie", states: connected, issues: "block-status", c: "aio_block_status_64", since: "1.18", summary: "send block status command, with 64 bit callback" },
+  aioDisconnect: { args: [], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "disconnect from the NBD server" },
+
+  // ---- aio: the event loop ------------------------------------------------------
+  poll: { args: [Int("timeout")], ret: "int", since: "1.0", summary: "poll the handle once" },
+  poll2: { args: [Int("fd"), Int("timeout")], ret: "int", since: "1.16", summary: "poll the handle once, with fd" },
+  aioCommandCompleted: { args: [UInt64("cookie")], ret: "bool", since: "1.0", summary: "check if the command completed" },
+  aioPeekCommandCompleted: { args: [], ret: "int64", since: "1.0", summary: "check if any command has completed" },
+  aioInFlight: { args: [], ret: "int", states: ["connected", "closed", "dead"], since: "1.0", summary: "check how many aio commands are still in flight" },
+  aioGetDirection: { args: [], ret: "uint", mayFail: false, since: "1.0", summary: "return the read or write direction" },
+  aioGetFd: { args: [], ret: "int", since: "1.0", summary: "return file descriptor associated with this connection (ENOTSUP: the socket lives in the worker)" },
+  aioNotifyRead: { args: [], ret: "err", since: "1.0", summary: "notify that the connection is readable (ENOTSUP: the worker's own loop reads)" },
+  aioNotifyWrite: { args: [], ret: "err", since: "1.0", summary: "notify that the connection is writable (ENOTSUP: the worker's own loop writes)" },
 
   // ---- handle states --------------------------------------------------------
   aioIsCreated: stateQuery("check if the connection has just been created"),

@@ -24,6 +24,8 @@ export type Arg =
   | { readonly kind: "stringList"; readonly name: string }
   | { readonly kind: "bytesIn"; readonly name: string }
   | { readonly kind: "bytesOut"; readonly name: string }
+  | { readonly kind: "bytesPersistIn"; readonly name: string }
+  | { readonly kind: "bytesPersistOut"; readonly name: string }
   | { readonly kind: "port"; readonly name: string }
   | { readonly kind: "enum"; readonly name: string; readonly values: readonly number[] }
   | { readonly kind: "closure"; readonly name: string; readonly shape: Shape }
@@ -54,7 +56,7 @@ export const FAILS_ON_MINUS_ONE: ReadonlySet<Shape> = new Set(["chunk", "extent"
  * values, null for strings. `never` marks calls that cannot fail and so
  * never touch the thread's last error.
  */
-export type Ret = "err" | "bool" | "int" | "uint" | "int64" | "string" | "staticString";
+export type Ret = "err" | "bool" | "int" | "uint" | "int64" | "cookie" | "string" | "staticString";
 
 export interface Call {
   readonly args: readonly Arg[];
@@ -84,6 +86,9 @@ export const Path = (name: string) => ({ kind: "path", name }) as const;
 export const StringList = (name: string) => ({ kind: "stringList", name }) as const;
 export const BytesIn = (name: string) => ({ kind: "bytesIn", name }) as const;
 export const BytesOut = (name: string) => ({ kind: "bytesOut", name }) as const;
+/** A buffer an aio command keeps until it completes (libnbd's BytesPersistIn/Out). */
+export const BytesPersistIn = (name: string) => ({ kind: "bytesPersistIn", name }) as const;
+export const BytesPersistOut = (name: string) => ({ kind: "bytesPersistOut", name }) as const;
 export const Port = (name: string) => ({ kind: "port", name }) as const;
 export const Enum = (name: string, values: readonly number[]) => ({ kind: "enum", name, values }) as const;
 /** `allowed` narrows the set for one call (libnbd's OFlags subset); omitted, the whole set. */
@@ -96,14 +101,14 @@ export type TsArg<A> =
   A extends { kind: "uint64" } ? number | bigint :
   A extends { kind: "string" | "path" } ? string :
   A extends { kind: "stringList" } ? string[] :
-  A extends { kind: "bytesIn" | "bytesOut" } ? Uint8Array :
+  A extends { kind: "bytesIn" | "bytesOut" | "bytesPersistIn" | "bytesPersistOut" } ? Uint8Array :
   A extends { kind: "port" } ? string | number :
   A extends { kind: "closure"; shape: infer S extends Shape } ? Shapes[S] :
   number;
 
 /** The TypeScript type a call returns (its error value included). */
 export type TsRet<R> =
-  R extends "int64" ? bigint :
+  R extends "int64" | "cookie" ? bigint :
   R extends "string" | "staticString" ? string | null :
   number;
 
@@ -114,6 +119,11 @@ type Optional<T> = T extends readonly [infer F, ...infer R] ? [TsArg<F>?, ...Opt
 export type Method<C extends Call> = (
   ...args: [...Required<C["args"]>, ...Optional<C extends { optargs: infer O } ? O : []>]
 ) => TsRet<C["ret"]>;
+
+export type BytesKind = "bytesIn" | "bytesOut" | "bytesPersistIn" | "bytesPersistOut";
+export const isBytes = (a: Arg): a is Extract<Arg, { kind: BytesKind }> => a.kind.startsWith("bytes");
+export const isPersist = (a: Arg): boolean => a.kind.startsWith("bytesPersist");
+export const isOut = (a: Arg): boolean => a.kind === "bytesOut" || a.kind === "bytesPersistOut";
 
 /** `connectSystemdSocketActivation` → `connect_systemd_socket_activation`. */
 export const snake = (camel: string): string => camel.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());

@@ -20,9 +20,15 @@ export interface Command {
   /** Bytes of a read covered so far by data and holes. */
   seen: number;
   /** pread_structured's chunk callback, called per data, hole and error chunk. */
-  chunk?: Callback;
+  chunk?: Callback | undefined;
   /** block_status's extent callback, and whether it takes 64-bit entries. */
-  extent?: { fn: Callback; wide: boolean };
+  extent?: { fn: Callback; wide: boolean } | undefined;
+  /** An aio command's completion callback. */
+  completion?: Callback | undefined;
+  /** Set for aio commands: they wait in the done list once their reply is complete. */
+  aio?: boolean;
+  /** Set for blocking calls: called once the reply is complete or the connection is gone. */
+  waiter?: (fatal?: NbdError) => void;
   /**
    * Called once, when the reply is complete or the connection is gone; `fatal`
    * is the error that killed the connection (a blocking call returns it).

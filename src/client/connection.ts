@@ -9,7 +9,7 @@ import { rmSync } from "node:fs";
 import { Socket } from "node:net";
 import { errno, errnoOf } from "../errno.js";
 import {
-  HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
+  AIO_DIRECTION_READ, HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
   SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
   TLS_DISABLE,
 } from "../constants.js";
@@ -20,7 +20,7 @@ import type { State } from "../api/types.js";
 import type { Event } from "./events.js";
 import { type Callback, type Command, commandName } from "./command.js";
 
-type Callbacks = Pick<Command, "chunk" | "extent">;
+type Callbacks = Pick<Command, "chunk" | "extent" | "completion">;
 import { NbdError, asNbdError } from "./error.js";
 import { type ExportInfo, Negotiator, Refused, noExport } from "./handshake.js";
 import { Reader } from "./reader.js";
@@ -88,6 +88,12 @@ export class Connection {
   /** The server went away while nothing was in flight (see #lost). */
   #peerGone = false;
   #tlsNegotiated = false;
+  /** aio commands whose reply is complete, oldest first, until aio_command_completed retires them. */
+  #done: Command[] = [];
+  #progressed = false;
+  #pollWaiter: (() => void) | undefined;
+  /** The error that made the connection DEAD. */
+  #fatal: NbdError | undefined;
   #closed: Promise<void> | undefined;
   #closedResolve: (() => void) | undefined;
 
@@ -253,7 +259,8 @@ export class Connection {
 
   #watch(socket: Socket): void {
     socket.on("error", (e: NodeJS.ErrnoException) => {
-      this.#lost(new NbdError(errnoOf(e), e.code === "EPIPE" ? "send" : "recv"), false);
+      const send = e.code === "EPIPE";
+      this.#lost(new NbdError(errnoOf(e), send ? "send" : "recv"), false, send);
     });
     socket.on("end", () => this.#lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
     socket.on("close", () => this.#lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
@@ -264,7 +271,7 @@ export class Connection {
    * else kills. With nothing in flight libnbd would not have looked at the
    * socket yet: the state stays READY and the next command finds out.
    */
-  #lost(err: NbdError, eof: boolean): void {
+  #lost(err: NbdError, eof: boolean, send = false): void {
     if (this.#state === "CLOSED" || this.#state === "DEAD" || this.#peerGone) return;
     if (!this.#parser) return this.#reader.fail(err);
     if (this.#inflight.size === 0 && !this.#disconnectRequested) {
@@ -273,15 +280,21 @@ export class Connection {
       return;
     }
     if (eof && (this.#disconnectRequested || this.#parser.idle)) return this.#close();
-    this.#die(err);
+    this.#die(err, send);
   }
 
-  /** DEAD: a blocking call waiting on a command returns the error that killed the connection. */
-  #die(err: NbdError): void {
+  /**
+   * DEAD: a blocking call waiting on a command returns the error that killed
+   * the connection, as libnbd's poll does; but when sending the request
+   * failed, libnbd never polled, and the call reports its command's ENOTCONN.
+   */
+  #die(err: NbdError, sendFailed = false): void {
     this.#state = "DEAD";
+    this.#fatal = err;
     this.#transport?.socket.destroy();
-    this.#failInflight(err);
+    this.#failInflight(sendFailed ? undefined : err);
     this.#closedResolve?.();
+    this.#progress();
   }
 
   /** CLOSED: commands still in flight fail with "<cmd>: command failed" (ENOTCONN unless they had an error). */
@@ -290,6 +303,7 @@ export class Connection {
     this.#transport?.socket.destroy();
     this.#failInflight();
     this.#closedResolve?.();
+    this.#progress();
   }
 
   /** libnbd's abort_commands: ENOTCONN for each command that had no error of its own. */
@@ -488,56 +502,100 @@ export class Connection {
   }
 
   // ---- I/O --------------------------------------------------------------------
+  // Each command is built once (libnbd's nbd_unlocked_aio_*); the blocking call
+  // waits for it, the aio call hands back its cookie.
 
   pread(buf: Uint8Array, offset: bigint, flags: number): Promise<void> {
-    this.#strictFlags(flags);
-    return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf);
+    return this.#wait(this.#read(buf, offset, flags));
   }
-
+  aioPread(buf: Uint8Array, offset: bigint, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#read(buf, offset, flags, { completion }));
+  }
   preadStructured(buf: Uint8Array, offset: bigint, chunk: Callback, flags: number): Promise<void> {
-    this.#strictFlags(flags);
-    return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf, { chunk });
+    return this.#wait(this.#read(buf, offset, flags, { chunk }));
   }
-
+  aioPreadStructured(buf: Uint8Array, offset: bigint, chunk: Callback, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#read(buf, offset, flags, { chunk, completion }));
+  }
   pwrite(buf: Uint8Array, offset: bigint, flags: number): Promise<void> {
-    this.#strictWrite(flags);
-    return this.#command(Cmd.WRITE, flags & ~CmdFlag.PAYLOAD_LEN, offset, BigInt(buf.byteLength), errno.ENOSPC, buf);
+    return this.#wait(this.#write(buf, offset, flags));
   }
-
+  aioPwrite(buf: Uint8Array, offset: bigint, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#write(buf, offset, flags, { completion }));
+  }
   flush(flags: number): Promise<void> {
-    this.#strictCommand(TFlag.SEND_FLUSH, "flush");
-    return this.#command(Cmd.FLUSH, flags, 0n, 0n, 0);
+    return this.#wait(this.#flush(flags));
+  }
+  aioFlush(completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#flush(flags, { completion }));
+  }
+  trim(count: bigint, offset: bigint, flags: number): Promise<void> {
+    return this.#wait(this.#trim(count, offset, flags));
+  }
+  aioTrim(count: bigint, offset: bigint, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#trim(count, offset, flags, { completion }));
+  }
+  cache(count: bigint, offset: bigint, flags: number): Promise<void> {
+    return this.#wait(this.#cache(count, offset, flags));
+  }
+  aioCache(count: bigint, offset: bigint, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#cache(count, offset, flags, { completion }));
+  }
+  zero(count: bigint, offset: bigint, flags: number): Promise<void> {
+    return this.#wait(this.#zero(count, offset, flags));
+  }
+  aioZero(count: bigint, offset: bigint, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#zero(count, offset, flags, { completion }));
+  }
+  blockStatus(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
+    return this.#wait(this.#blockStatus(count, offset, flags, { extent: { fn: extent, wide: false } }));
+  }
+  aioBlockStatus(count: bigint, offset: bigint, extent: Callback, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#blockStatus(count, offset, flags, { extent: { fn: extent, wide: false }, completion }));
+  }
+  blockStatus64(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
+    return this.#wait(this.#blockStatus(count, offset, flags, { extent: { fn: extent, wide: true } }));
+  }
+  aioBlockStatus64(count: bigint, offset: bigint, extent: Callback, completion: Callback | undefined, flags: number): bigint {
+    return this.#cookie(this.#blockStatus(count, offset, flags, { extent: { fn: extent, wide: true }, completion }));
   }
 
-  trim(count: bigint, offset: bigint, flags: number): Promise<void> {
+  #read(buf: Uint8Array, offset: bigint, flags: number, callbacks?: Callbacks): Command {
+    this.#strictFlags(flags);
+    return this.#command(Cmd.READ, flags, offset, BigInt(buf.byteLength), errno.EINVAL, buf, callbacks);
+  }
+
+  #write(buf: Uint8Array, offset: bigint, flags: number, callbacks?: Callbacks): Command {
+    this.#strictWrite(flags);
+    return this.#command(Cmd.WRITE, flags & ~CmdFlag.PAYLOAD_LEN, offset, BigInt(buf.byteLength), errno.ENOSPC, buf, callbacks);
+  }
+
+  #flush(flags: number, callbacks?: Callbacks): Command {
+    this.#strictCommand(TFlag.SEND_FLUSH, "flush");
+    return this.#command(Cmd.FLUSH, flags, 0n, 0n, 0, undefined, callbacks);
+  }
+
+  #trim(count: bigint, offset: bigint, flags: number, callbacks?: Callbacks): Command {
     this.#strictCommand(TFlag.SEND_TRIM, "trim");
     this.#strictWrite(flags);
-    return this.#command(Cmd.TRIM, flags, offset, count, errno.ENOSPC);
+    return this.#command(Cmd.TRIM, flags, offset, count, errno.ENOSPC, undefined, callbacks);
   }
 
-  cache(count: bigint, offset: bigint, flags: number): Promise<void> {
+  #cache(count: bigint, offset: bigint, flags: number, callbacks?: Callbacks): Command {
     this.#strictCommand(TFlag.SEND_CACHE, "cache");
-    return this.#command(Cmd.CACHE, flags, offset, count, errno.EINVAL);
+    return this.#command(Cmd.CACHE, flags, offset, count, errno.EINVAL, undefined, callbacks);
   }
 
-  zero(count: bigint, offset: bigint, flags: number): Promise<void> {
+  #zero(count: bigint, offset: bigint, flags: number, callbacks?: Callbacks): Command {
     this.#strictCommand(TFlag.SEND_WRITE_ZEROES, "zero");
     this.#strictWrite(flags);
     if (this.strict & STRICT_COMMANDS && flags & CmdFlag.FAST_ZERO && !this.canFastZero()) {
       throw new NbdError(errno.EINVAL, "server does not support the fast zero flag");
     }
-    return this.#command(Cmd.WRITE_ZEROES, flags, offset, count, errno.ENOSPC);
+    return this.#command(Cmd.WRITE_ZEROES, flags, offset, count, errno.ENOSPC, undefined, callbacks);
   }
 
-  blockStatus(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
-    return this.#blockStatus(count, offset, { fn: extent, wide: false }, flags);
-  }
-
-  blockStatus64(count: bigint, offset: bigint, extent: Callback, flags: number): Promise<void> {
-    return this.#blockStatus(count, offset, { fn: extent, wide: true }, flags);
-  }
-
-  #blockStatus(count: bigint, offset: bigint, extent: Command["extent"], flags: number): Promise<void> {
+  #blockStatus(count: bigint, offset: bigint, flags: number, callbacks: Callbacks): Command {
     const neg = this.#neg!;
     if (this.strict & STRICT_COMMANDS) {
       if (!neg.structuredReplies) throw new NbdError(errno.ENOTSUP, "server does not support structured replies");
@@ -546,7 +604,7 @@ export class Connection {
           "nbd_add_meta_context before connecting or the server does not support it");
       }
     }
-    return this.#command(Cmd.BLOCK_STATUS, flags, offset, count, errno.EINVAL, undefined, { extent });
+    return this.#command(Cmd.BLOCK_STATUS, flags, offset, count, errno.EINVAL, undefined, callbacks);
   }
 
   // STRICT_COMMANDS: refuse what the server did not advertise (lib/rw.c).
@@ -568,10 +626,10 @@ export class Connection {
     if (flags & CmdFlag.DF && !this.canDf()) throw new NbdError(errno.EINVAL, "server does not support the DF flag");
   }
 
-  /** libnbd's nbd_internal_command_common: the generic request checks, then issue and wait. */
+  /** libnbd's nbd_internal_command_common: the generic request checks, then the request goes out. */
   #command(
     type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array, callbacks?: Callbacks,
-  ): Promise<void> {
+  ): Command {
     const info = this.#neg!.export;
     if (this.#disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
     if (countErr) {
@@ -591,28 +649,56 @@ export class Connection {
       throw new NbdError(errno.ERANGE, `request too large: maximum request size is ${MAX_REQUEST_SIZE}`);
     }
     if (count > 0xffffffffn) throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
-    // Reads start from zeroes, so that a server that sends too little never
-    // leaves stale bytes behind (libnbd's pread_initialize).
-    if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
-    return this.#issue(type, flags, offset, Number(count), buf, callbacks);
-  }
-
-  #issue(type: Cmd, flags: number, offset: bigint, count: number, buf?: Uint8Array, callbacks?: Callbacks): Promise<void> {
     if (this.#peerGone) {
       // libnbd's send fails: DEAD, and the command is retired with ENOTCONN.
       this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
-      return Promise.reject(new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`));
+      throw new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`);
     }
+    // Reads start from zeroes, so that a server that sends too little never
+    // leaves stale bytes behind (libnbd's pread_initialize).
+    if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
+    const cmd: Command = {
+      cookie: this.#nextCookie++, type, flags, offset, count: Number(count), buf, error: 0, seen: 0, ...callbacks,
+      settle: (c, fatal) => this.#finished(c, fatal),
+    };
+    this.#inflight.set(cmd.cookie, cmd);
+    this.#sendRequest(cmd);
+    // Bytes that came while no reply was awaited are read now, as libnbd would;
+    // in a microtask, once the caller has set up its wait (they may settle cmd).
+    queueMicrotask(() => this.#parser?.resume());
+    return cmd;
+  }
+
+  /** A blocking call: wait for the reply, or for the error that killed the connection. */
+  #wait(cmd: Command): Promise<void> {
     return new Promise((resolve, reject) => {
-      const cookie = this.#nextCookie++;
-      const cmd: Command = {
-        cookie, type, flags, offset, count, buf, error: 0, seen: 0, ...callbacks,
-        settle: (c, fatal) => (fatal ? reject(fatal) : c.error ? reject(this.#commandError(c)) : resolve()),
-      };
-      this.#inflight.set(cookie, cmd);
-      this.#sendRequest(cmd);
-      this.#parser?.resume(); // bytes that came while no reply was awaited are read now, as libnbd would
+      cmd.waiter = (fatal) => (fatal ? reject(fatal) : cmd.error ? reject(this.#commandError(cmd)) : resolve());
     });
+  }
+
+  #cookie(cmd: Command): bigint {
+    cmd.aio = true;
+    return BigInt(cmd.cookie);
+  }
+
+  /**
+   * A reply is complete (or will never come). A blocking call returns; an aio
+   * command's completion callback runs, and unless it returned 1 the command
+   * waits in the done list for aio_command_completed.
+   */
+  #finished(cmd: Command, fatal?: NbdError): void {
+    this.#inflight.delete(cmd.cookie);
+    if (cmd.waiter) return cmd.waiter(fatal);
+    if (!cmd.aio) return;
+    this.emit({ id: 0, args: [cmd.cookie] }); // tells the caller's thread its buffer is ready
+    let retire = false;
+    if (cmd.completion) {
+      try {
+        retire = (cmd.completion as (box: { value: number }) => number)({ value: cmd.error }) === 1;
+      } catch { /* a throwing completion callback changes nothing (libnbd ignores its -1) */ }
+    }
+    if (!retire) this.#done.push(cmd);
+    this.#progress();
   }
 
   #commandError(cmd: Command): NbdError {
@@ -634,6 +720,83 @@ export class Connection {
       socket.write(header);
     }
   }
+
+  // ---- aio: completion and the event loop ------------------------------------------
+
+  aioInFlight(): number { return this.#inflight.size; }
+
+  aioCommandCompleted(cookie: bigint): boolean {
+    if (cookie < 1n) throw new NbdError(errno.EINVAL, `invalid aio cookie ${cookie}`);
+    const i = this.#done.findIndex((c) => BigInt(c.cookie) === cookie);
+    if (i < 0) return false;
+    const [cmd] = this.#done.splice(i, 1);
+    if (cmd!.error) throw this.#commandError(cmd!);
+    return true;
+  }
+
+  aioPeekCommandCompleted(): bigint {
+    if (this.#done.length) return BigInt(this.#done[0]!.cookie);
+    if (this.#inflight.size) return 0n;
+    throw new NbdError(errno.EINVAL, "no commands are in flight");
+  }
+
+  /**
+   * The caller's thread learned what callbacks it replayed returned: a
+   * completion callback's 1 retires its command, a chunk or extent
+   * callback's -1 fails it (libnbd applies both as the callbacks return).
+   */
+  settleFromCaller(cookie: number, retire: boolean, error: number): void {
+    const i = this.#done.findIndex((c) => c.cookie === cookie);
+    const cmd = i >= 0 ? this.#done[i] : this.#inflight.get(cookie);
+    if (!cmd) return;
+    if (retire && i >= 0) this.#done.splice(i, 1);
+    else cmd.error ||= error;
+  }
+
+  /** Something happened that poll() reports: a command finished or the connection ended. */
+  #progress(): void {
+    this.#progressed = true;
+    const wake = this.#pollWaiter;
+    this.#pollWaiter = undefined;
+    wake?.();
+  }
+
+  /**
+   * nbd_poll: 1 once something has happened since the last poll (a reply
+   * finished, the connection ended), 0 if `timeout` ms pass first (-1 waits
+   * as long as it takes). The worker reads the socket all along; poll only
+   * waits for what it read to matter.
+   */
+  async poll(timeout: number): Promise<number> {
+    const state = this.#state;
+    if (state === "START" || state === "CLOSED" || state === "DEAD") {
+      throw new NbdError(errno.EINVAL, `nothing to poll for in state ${state}`);
+    }
+    if (!this.#progressed && timeout !== 0) {
+      await new Promise<void>((resolve) => {
+        const timer = timeout > 0 ? setTimeout(resolve, timeout) : undefined;
+        this.#pollWaiter = () => { clearTimeout(timer); resolve(); };
+      });
+      this.#pollWaiter = undefined;
+    }
+    const progressed = this.#progressed;
+    this.#progressed = false;
+    if (this.#state === "DEAD" && this.#fatal) throw this.#fatal;
+    return progressed ? 1 : 0;
+  }
+
+  poll2(fd: number, timeout: number): Promise<number> {
+    if (fd !== -1) throw new NbdError(errno.ENOTSUP, "only fd -1 is supported: the socket lives in nbd-ts's worker thread");
+    return this.poll(timeout);
+  }
+
+  aioGetDirection(): number {
+    return this.#state === "READY" || this.#state === "NEGOTIATING" || this.#state === "CONNECTING" ? AIO_DIRECTION_READ : 0;
+  }
+
+  aioGetFd(): number { throw notHere(); }
+  aioNotifyRead(): void { throw notHere(); }
+  aioNotifyWrite(): void { throw notHere(); }
 
   readonly #replyHost = {
     structuredReplies: () => this.#neg?.structuredReplies ?? false,
@@ -658,6 +821,12 @@ export class Connection {
     } else if (this.#state === "NEGOTIATING") {
       this.optAbort();
     }
+  }
+
+  aioDisconnect(_flags: number): void {
+    if (this.#disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
+    if (this.#peerGone) return this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
+    this.#sendDisconnect();
   }
 
   #sendDisconnect(): void {
@@ -691,6 +860,11 @@ export class Connection {
     // connect_command: libnbd just waits for the child, which sees EOF.
     await t.child?.reap(t.dir ? SERVER_EXIT_WAIT_MS : COMMAND_EXIT_WAIT_MS);
   }
+}
+
+/** The calls of libnbd for external event loops: the socket is the worker's, not the caller's. */
+function notHere(): NbdError {
+  return new NbdError(errno.ENOTSUP, "not supported: the socket lives in nbd-ts's worker thread; use nbd_poll");
 }
 
 function checkArgv(argv: string[]): void {

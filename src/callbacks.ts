@@ -1,0 +1,112 @@
+/**
+ * A handle's callbacks on the caller's thread. The worker cannot call them
+ * (this thread sleeps while it works), so each is held here under an id, the
+ * worker records its calls, and they are replayed here in order when a call
+ * returns: those of a blocking call at its end, an aio command's as later
+ * calls (poll, ...) bring them. What they return travels back: a completion
+ * callback's 1 retires its command, a chunk or extent callback's -1 fails it.
+ */
+import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
+import { type Event, isSpan } from "./client/events.js";
+import { errno } from "./errno.js";
+
+interface Held {
+  fn: (...args: unknown[]) => unknown;
+  shape: Shape;
+  /** What spans of shared memory in this callback's events map onto. */
+  view?: Uint8Array;
+  /** The aio command it belongs to, once its cookie is known. */
+  cookie?: number;
+}
+
+/** An aio command in flight: its callbacks, and where its data must be copied when it is done. */
+interface Aio {
+  ids: number[];
+  copy?: { to: Uint8Array; from: Uint8Array };
+}
+
+/** How the callbacks of a blocking call went: their failure fails the call. */
+export interface Replayed {
+  /** A callback threw: the call fails with its message (API.md). */
+  thrown?: Error;
+  /** A chunk or extent callback returned -1: the errno it left in its box, or EPROTO. */
+  errno?: number;
+}
+
+/** Tells the worker what callbacks decided: [cookie, retire ? 1 : 0, errno]. */
+export type Settlement = [number, number, number];
+
+/** The event the worker sends when an aio command's reply is complete: its buffer is ready. */
+export const DONE = 0;
+
+export class Callbacks {
+  readonly #held = new Map<number, Held>();
+  readonly #aio = new Map<number, Aio>();
+  #next = DONE + 1;
+  /** Decisions to send with the next call. */
+  settlements: Settlement[] = [];
+
+  hold(fn: Held["fn"], shape: Shape, view?: Uint8Array): number {
+    const id = this.#next++;
+    this.#held.set(id, { fn, shape, ...(view && { view }) });
+    return id;
+  }
+
+  drop(ids: readonly number[]): void {
+    for (const id of ids) this.#held.delete(id);
+  }
+
+  /** An aio call returned `cookie`: its callbacks live until the command is done. */
+  adopt(cookie: number, ids: number[], copy?: Aio["copy"]): void {
+    for (const id of ids) this.#held.get(id)!.cookie = cookie;
+    this.#aio.set(cookie, { ids, ...(copy && { copy }) });
+  }
+
+  replay(events: readonly Event[] | undefined): Replayed {
+    const result: Replayed = {};
+    const done: number[] = [];
+    /** aio commands a chunk or extent callback failed, with the errno. */
+    const failed = new Map<number, number>();
+    for (const ev of events ?? []) {
+      if (ev.id === DONE) {
+        const cookie = ev.args[0] as number;
+        const copy = this.#aio.get(cookie)?.copy;
+        if (copy) copy.to.set(copy.from);
+        done.push(cookie);
+        continue;
+      }
+      const held = this.#held.get(ev.id);
+      if (held) this.#call(held, ev.args, result, failed);
+    }
+    for (const [cookie, err] of failed) this.settlements.push([cookie, 0, err]);
+    for (const cookie of done) {
+      this.drop(this.#aio.get(cookie)?.ids ?? []);
+      this.#aio.delete(cookie);
+    }
+    return result;
+  }
+
+  #call(held: Held, wire: unknown[], result: Replayed, failed: Map<number, number>): void {
+    let box: ErrorBox | undefined;
+    const args = wire.map((a) => {
+      if (isSpan(a)) return held.view!.subarray(a.span, a.span + a.length);
+      if (typeof a === "object" && a !== null && "value" in a) return (box = { value: Number(a.value) });
+      return a;
+    });
+    const cookie = held.cookie;
+    // A completion callback sees the error its own chunk callbacks caused.
+    if (held.shape === "completion" && cookie !== undefined && box && !box.value) box.value = failed.get(cookie) ?? 0;
+    let r: unknown;
+    try {
+      r = held.fn(...args);
+    } catch (e) {
+      r = -1;
+      if (cookie === undefined) result.thrown ??= e instanceof Error ? e : new Error(String(e));
+    }
+    if (held.shape === "completion" && r === 1 && cookie !== undefined) this.settlements.push([cookie, 1, 0]);
+    if (r !== -1 || !FAILS_ON_MINUS_ONE.has(held.shape)) return;
+    const err = box?.value || errno.EPROTO;
+    if (cookie === undefined) result.errno ??= err;
+    else if (!failed.has(cookie)) failed.set(cookie, err);
+  }
+}
