@@ -43,8 +43,21 @@ export class Callbacks {
   readonly #held = new Map<number, Held>();
   readonly #aio = new Map<number, Aio>();
   #next = DONE + 1;
+  /** Callbacks that outlive their call (the debug callback), by name. */
+  readonly #kept = new Map<string, number[]>();
   /** Decisions to send with the next call. */
   settlements: Settlement[] = [];
+
+  /** `ids` stay registered under `name`, replacing what was kept there. */
+  keep(name: string, ids: number[]): void {
+    this.release(name);
+    this.#kept.set(name, ids);
+  }
+
+  release(name: string): void {
+    this.drop(this.#kept.get(name) ?? []);
+    this.#kept.delete(name);
+  }
 
   hold(fn: Held["fn"], shape: Shape, view?: Uint8Array): number {
     const id = this.#next++;

@@ -43,7 +43,9 @@ function lengthOnly(n: number): Uint8Array {
 
 export async function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Promise<Reply> {
   if (name === "create") {
-    slots.set(id, { conn: new Connection(id), sab: new SharedArrayBuffer(0) });
+    const conn = new Connection(id);
+    conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment
+    slots.set(id, { conn, sab: new SharedArrayBuffer(0) });
     return { ret: 0 };
   }
   const slot = slots.get(id);
@@ -51,7 +53,8 @@ export async function dispatch(id: number, name: string, args: unknown[], extra:
   if (name === "close") {
     slots.delete(id);
     await slot.conn.close();
-    return { ret: 0 };
+    const events = slot.conn.drainEvents();
+    return events.length ? { ret: 0, events } : { ret: 0 };
   }
   if (extra.sab) slot.sab = extra.sab;
   for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);

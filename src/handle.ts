@@ -68,7 +68,8 @@ export class Handle {
     const slot = slots.get(this);
     if (!slot || slot.closed) return;
     slot.closed = true;
-    cross(slot.id, "close", [], {});
+    const reply = cross(slot.id, "close", [], {});
+    if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
     cleanups.delete(slot.id);
   }
 
@@ -164,7 +165,9 @@ function method(name: CallName, call: Call) {
     if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy);
     else if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
     const replayed = slot.callbacks.replay(reply.events);
-    if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it
+    if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);
+    else if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it
+    if (call.releases && reply.errno === undefined) slot.callbacks.release(call.releases);
     if (reply.msg !== undefined) setError(reply.msg, reply.errno ?? 0);
     else if (replayed.thrown) return fail(call, `${context}: ${replayed.thrown.message}`, errno.EPROTO);
     else if (replayed.errno !== undefined) {
@@ -182,7 +185,7 @@ for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
 /** nbd_create: a new handle, or null (with the reason in getError()) if the worker cannot start. */
 export function create(): Handle | null {
   const id = nextId++;
-  const reply = cross(id, "create", [], {});
+  const reply = cross(id, "create", [process.env.LIBNBD_DEBUG === "1"], {});
   if (reply instanceof Error) {
     setError(`nbd_create: ${reply.message}`, bridgeErrno(reply));
     return null;

@@ -136,16 +136,33 @@ export async function invoke(
   conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
 ): Promise<Outcome> {
   const call: Call = API[name];
+  const context = cName(name, call);
+  if (conn.debug) conn.log(context, `enter: ${trace(call, args)}`);
   try {
     checkState(conn, call);
     const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
-    return withEvents(conn, { ret: success(call.ret, await impl.apply(conn, values)) });
+    const ret = success(call.ret, await impl.apply(conn, values));
+    if (conn.debug) conn.log(context, `leave: ret=${String(ret)}`);
+    return withEvents(conn, { ret });
   } catch (e) {
     const err = asNbdError(e, errnoOf(e, errno.EIO));
-    return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg: err.format(cName(name, call)) });
+    const msg = err.format(context);
+    if (conn.debug) conn.log(context, `leave: error="${msg}"`);
+    return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg });
   }
+}
+
+/** The arguments of a call as libnbd's debug trace shows them ("enter: count=512 offset=0 flags=0x0"). */
+function trace(call: Call, args: readonly unknown[]): string {
+  return [...call.args, ...(call.optargs ?? [])].map((arg, i) => {
+    const v = args[i];
+    if (arg.kind.startsWith("bytes")) return `${arg.name}=<buf> count=${v instanceof Uint8Array ? v.byteLength : "?"}`;
+    if (arg.kind === "closure") return `${arg.name}=<fun>`;
+    if (arg.kind === "flags") return `${arg.name}=0x${typeof v === "number" ? v.toString(16) : "0"}`;
+    return `${arg.name}=${typeof v === "string" ? `"${v}"` : Array.isArray(v) ? `[${v.map((x) => `"${x}"`).join(", ")}]` : String(v)}`;
+  }).join(" ");
 }
 
 /** Callback calls made since the last call (this one's, or completions of earlier ones) go back with it. */

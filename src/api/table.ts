@@ -5,7 +5,7 @@
  * its implementation in the client's Connection.
  */
 import {
-  CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE,
+  ALLOW_TRANSPORT_MASK, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_MASK, CMD_FLAG_NO_HOLE, CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE,
   HANDSHAKE_FLAG_MASK, SHUTDOWN_MASK, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED, STRICT_MASK,
   TLS_ALLOW, TLS_DISABLE, TLS_REQUIRE,
 } from "../constants.js";
@@ -19,6 +19,7 @@ const cmdFlags: FlagSet = { prefix: "CMD_FLAG", mask: CMD_FLAG_MASK, commandFlag
 const strictFlags: FlagSet = { prefix: "STRICT", mask: STRICT_MASK };
 const handshakeFlags: FlagSet = { prefix: "HANDSHAKE_FLAG", mask: HANDSHAKE_FLAG_MASK };
 const shutdownFlags: FlagSet = { prefix: "SHUTDOWN", mask: SHUTDOWN_MASK };
+const allowTransportFlags: FlagSet = { prefix: "ALLOW_TRANSPORT", mask: ALLOW_TRANSPORT_MASK };
 const sizeTypes = [SIZE_MINIMUM, SIZE_PREFERRED, SIZE_MAXIMUM, SIZE_PAYLOAD];
 
 // Permitted-state sets that recur.
@@ -41,6 +42,14 @@ export const API = {
   getHandleName: { args: [], ret: "string", since: "1.0", summary: "get the handle name" },
   getVersion: { args: [], ret: "staticString", mayFail: false, since: "1.0", summary: "return the version of the library" },
   getPackageName: { args: [], ret: "staticString", mayFail: false, since: "1.0", summary: "return the name of the library" },
+  setDebug: { args: [Bool("debug")], ret: "err", since: "1.0", summary: "set or clear the debug flag" },
+  getDebug: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "return the state of the debug flag" },
+  setDebugCallback: { args: [Closure("debug", "debug")], ret: "err", keeps: "debug", since: "1.0", summary: "set the debug callback" },
+  clearDebugCallback: { args: [], ret: "err", releases: "debug", since: "1.0", summary: "clear the debug callback" },
+  statsBytesSent: { args: [], ret: "int64", mayFail: false, since: "1.16", summary: "statistics of bytes sent over connection so far" },
+  statsChunksSent: { args: [], ret: "int64", mayFail: false, since: "1.16", summary: "statistics of chunks sent over connection so far" },
+  statsBytesReceived: { args: [], ret: "int64", mayFail: false, since: "1.16", summary: "statistics of bytes received over connection so far" },
+  statsChunksReceived: { args: [], ret: "int64", mayFail: false, since: "1.16", summary: "statistics of chunks received over connection so far" },
   connectionState: { args: [], ret: "staticString", since: "1.0", summary: "return string describing the state of the connection" },
 
   // ---- settings before connecting -----------------------------------------
@@ -80,6 +89,16 @@ export const API = {
   connectSystemdSocketActivation: connectCall("connect using systemd socket activation", StringList("argv"), "1.2", true),
   getSubprocessPid: { args: [], ret: "int64", since: "1.22", summary: "get the process ID of the subprocess" },
   killSubprocess: { args: [Int("signum")], ret: "err", since: "1.0", summary: "kill server running as a subprocess" },
+
+  // ---- URIs ----------------------------------------------------------------------
+  setUriAllowTransports: { args: [Flags("mask", allowTransportFlags)], ret: "err", states: created, since: "1.2", summary: "set the allowed transports in NBD URIs" },
+  setUriAllowTls: { args: [Enum("tls", [TLS_DISABLE, TLS_ALLOW, TLS_REQUIRE])], ret: "err", states: created, since: "1.2", summary: "set the allowed TLS settings in NBD URIs" },
+  setUriAllowLocalFile: { args: [Bool("allow")], ret: "err", states: created, since: "1.2", summary: "allow NBD URIs to reference local files" },
+  connectUri: connectCall("connect to NBD URI", Str("uri"), "1.0"),
+  getUri: { args: [], ret: "string", states: ["connecting", "negotiating", "connected", "closed", "dead"], since: "1.8", summary: "construct an NBD URI for a connection" },
+  isUri: { args: [Str("uri")], ret: "bool", mayFail: false, since: "1.22", summary: "detect if a string could be an NBD URI" },
+  supportsUri: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "true if libnbd was compiled with support for NBD URIs" },
+  connectSocket: connectCall("connect directly to a connected socket", Int("sock"), "1.2"),
 
   // ---- option negotiation (opt mode) ---------------------------------------------
   setOptMode: { args: [Bool("enable")], ret: "err", states: created, since: "1.4", summary: "control option mode, for pausing during option negotiation" },

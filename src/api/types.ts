@@ -69,6 +69,10 @@ export interface Call {
   readonly mayFail?: false;
   /** Spawns a subprocess, so the caller's environment travels with the call. */
   readonly spawns?: true;
+  /** Its callback stays registered after the call, under this name (set_debug_callback). */
+  readonly keeps?: string;
+  /** Unregisters the callback kept under this name (clear_debug_callback). */
+  readonly releases?: string;
   /** The NBD command a call issues, as libnbd names it in "<command>: command failed". */
   readonly issues?: string;
   /** The C name when it is not the snake_case of the key (nbd_poll2, nbd_block_status_64). */

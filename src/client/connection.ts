@@ -5,19 +5,20 @@
  * types, flags) happen before these methods run, in api/invoke.ts; what is
  * left here is what libnbd checks inside each call.
  */
-import { rmSync } from "node:fs";
+import { rmSync, writeSync } from "node:fs";
 import { Socket } from "node:net";
 import { errno, errnoOf } from "../errno.js";
 import {
   AIO_DIRECTION_READ, HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
   SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
-  TLS_DISABLE,
+  TLS_DISABLE, ALLOW_TRANSPORT_MASK, TLS_ALLOW, TLS_REQUIRE,
 } from "../constants.js";
 import { userInfo } from "node:os";
 import { Cmd, CmdFlag, MAX_STRING, Opt, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeRequest } from "../protocol/transmission.js";
 import type { State } from "../api/types.js";
 import type { Event } from "./events.js";
+import type { Stats } from "./handshake.js";
 import { type Callback, type Command, commandName } from "./command.js";
 
 type Callbacks = Pick<Command, "chunk" | "extent" | "completion">;
@@ -28,7 +29,9 @@ import { ReplyParser } from "./replies.js";
 import { explain } from "./subprocess.js";
 import {
   STDERR_WAIT_MS, checkSocketPath, openCommand, openSocketActivation, openTcp, openUnix, type Transport,
+  checkSocketFd, openSocket,
 } from "./transports.js";
+import { type Endpoint, formatUri, isUri, parseUri } from "./uri.js";
 import { VERSION } from "../version.js";
 
 type StateName = "START" | "CONNECTING" | "NEGOTIATING" | "READY" | "CLOSED" | "DEAD";
@@ -99,10 +102,13 @@ export class Connection {
 
   /** Callback calls recorded for the caller's thread, oldest first. */
   #events: Event[] = [];
+  /** Plaintext protocol bytes and magic-delimited chunks, each way (libnbd 1.16's stats). */
+  readonly stats: Stats = { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 };
 
   readonly #onread = {
     buffer: new Uint8Array(READ_BUFFER_SIZE),
     callback: (n: number, buf: Uint8Array): boolean => {
+      this.stats.bytesReceived += n;
       const chunk = buf.subarray(0, n);
       if (this.#parser) this.#parser.push(chunk);
       else this.#reader.push(chunk);
@@ -115,6 +121,27 @@ export class Connection {
   }
 
   emit(event: Event): void { this.#events.push(event); }
+
+  // ---- debug --------------------------------------------------------------------
+
+  /** libnbd's h->debug: LIBNBD_DEBUG=1 sets it at create(). */
+  debug = false;
+  #debugCallback: Callback | undefined;
+
+  setDebug(debug: boolean): void { this.debug = debug; }
+  getDebug(): boolean { return this.debug; }
+  setDebugCallback(fn: Callback): void { this.#debugCallback = fn; }
+  clearDebugCallback(): void { this.#debugCallback = undefined; }
+
+  /** A debug message: to the debug callback if there is one, else to stderr as libnbd prints it. */
+  log(context: string, msg: string): void {
+    if (!this.debug) return;
+    if (this.#debugCallback) {
+      try { (this.#debugCallback as (c: string, m: string) => number)(context, msg); } catch { /* ignored, as libnbd ignores its return */ }
+    } else {
+      writeSync(2, `libnbd: debug: ${this.handleName}: ${context}: ${msg}\n`);
+    }
+  }
 
   drainEvents(): Event[] {
     const events = this.#events;
@@ -192,11 +219,13 @@ export class Connection {
 
   connectUnix(path: string): Promise<void> {
     checkSocketPath(path); // before the state machine runs: the handle stays created
+    this.#endpoint = { kind: "unix", path };
     return this.#connect(() => openUnix(path, this.#onread));
   }
 
   connectTcp(hostname: string, port: string): Promise<void> {
     // libnbd's CONNECT_TCP goes back to START when no address answers, so the handle can retry.
+    this.#endpoint = { kind: "tcp", host: hostname, port };
     return this.#connect(() => openTcp(hostname, port, this.#onread), true);
   }
 
@@ -215,8 +244,7 @@ export class Connection {
     try {
       const transport = (this.#transport = await open());
       this.#watch(transport.socket);
-      const neg = (this.#neg = new Negotiator(
-        { read: (n) => this.#reader.read(n), write: (b) => void transport.socket.write(b) }, this));
+      const neg = (this.#neg = new Negotiator({ read: (n) => this.#reader.read(n), write: (b) => this.#send(b) }, this, this.stats));
       const protocol = await neg.greet();
       this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
       if (protocol === "newstyle-fixed" && this.requestStructuredReplies) await neg.structuredReply();
@@ -315,6 +343,55 @@ export class Connection {
     this.#inflight.clear();
   }
 
+  // ---- URIs and connect_socket ------------------------------------------------------
+
+  uriAllowTransports = ALLOW_TRANSPORT_MASK;
+  uriAllowTls = TLS_ALLOW;
+  uriAllowLocalFile = false;
+  /** Where connect_unix or connect_tcp aimed: libnbd keeps it for get_uri even when the connect failed. */
+  #endpoint: Endpoint | undefined;
+
+  setUriAllowTransports(mask: number): void { this.uriAllowTransports = mask; }
+  setUriAllowTls(tls: number): void { this.uriAllowTls = tls; }
+  setUriAllowLocalFile(allow: boolean): void { this.uriAllowLocalFile = allow; }
+  supportsUri(): boolean { return true; }
+  isUri(uri: string): boolean { return isUri(uri); }
+
+  /**
+   * nbd_connect_uri: the settings the URI implies, made through the setters
+   * (and kept if a later step fails, as libnbd keeps them), then connect_tcp
+   * or connect_unix. A URI that does not parse leaves the handle untouched.
+   */
+  connectUri(uri: string): Promise<void> {
+    const plan = parseUri(uri, { transports: this.uriAllowTransports, tls: this.uriAllowTls, localFile: this.uriAllowLocalFile });
+    for (const s of plan.settings) (this[s.call] as (value: unknown) => void)(s.value);
+    const to = plan.target;
+    if (to instanceof NbdError) throw to;
+    return to.kind === "tcp" ? this.connectTcp(to.host, to.port) : this.connectUnix(to.path);
+  }
+
+  /** nbd_get_uri: rebuilt from the endpoint and settings; a command or a caller's socket has no URI. */
+  getUri(): string {
+    const path = this.#transport?.path; // socket activation's, known once it ran
+    const endpoint = this.#endpoint ?? (path !== undefined ? { kind: "unix", path } : undefined);
+    if (!endpoint) throw new NbdError(errno.EINVAL, "cannot construct a URI for this connection type");
+    return formatUri({
+      endpoint,
+      tls: this.tls === TLS_REQUIRE || this.#tlsNegotiated,
+      username: this.tlsUsername,
+      exportName: this.exportName,
+      tlsCertificates: this.tlsCertificates,
+      tlsPskFile: this.tlsPskFile,
+      tlsHostname: this.tlsHostname,
+      tlsVerifyPeer: this.tlsVerifyPeer,
+    });
+  }
+
+  connectSocket(sock: number): Promise<void> {
+    checkSocketFd(sock); // a bad fd leaves the handle created, as libnbd's fcntl() check does
+    return this.#connect(async () => openSocket(sock, this.#onread));
+  }
+
   // ---- option negotiation (opt mode) -------------------------------------------
 
   setOptMode(enable: boolean): void { this.optMode = enable; }
@@ -327,10 +404,24 @@ export class Connection {
     return neg;
   }
 
+  /**
+   * One option exchange. An error reply (Refused) leaves the handle
+   * negotiating; anything else (EOF, a broken reply) kills it, as libnbd's
+   * state machine moves to DEAD.
+   */
+  async #exchange<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (e) {
+      if (!(e instanceof Refused)) this.#die(asNbdError(e));
+      throw e;
+    }
+  }
+
   async optGo(): Promise<void> {
     const neg = this.#neg!;
     try {
-      await neg.go();
+      await this.#exchange(() => neg.go());
     } catch (e) {
       if (!(e instanceof Refused) || !neg.fixed) throw e;
       throw new NbdError(e.errno || errno.ENOTSUP, "server replied with error to opt_go request");
@@ -340,7 +431,8 @@ export class Connection {
 
   async optInfo(): Promise<void> {
     try {
-      await this.#fixed().go(Opt.INFO);
+      const neg = this.#fixed();
+      await this.#exchange(() => neg.go(Opt.INFO));
     } catch (e) {
       if (!(e instanceof Refused)) throw e;
       throw new NbdError(e.errno || errno.ENOTSUP, "server replied with error to opt_info request");
@@ -357,7 +449,8 @@ export class Connection {
   }
 
   async optList(list: (name: string, description: string) => number): Promise<number> {
-    const { count, err } = await this.#fixed().list(list);
+    const neg = this.#fixed();
+    const { count, err } = await this.#exchange(() => neg.list(list));
     if (err) throw new NbdError(err, "server replied with error to list request");
     return count;
   }
@@ -378,16 +471,15 @@ export class Connection {
   async #metaContext(opt: Opt.LIST_META_CONTEXT | Opt.SET_META_CONTEXT, queries: readonly string[],
     context: (name: string) => number): Promise<number> {
     const neg = this.#fixed();
-    if (opt === Opt.SET_META_CONTEXT && !neg.structuredReplies) {
-      throw new NbdError(errno.ENOTSUP, "server lacks structured replies");
-    }
-    const { count, err } = await neg.metaContext(opt, queries, context);
+    // Without structured replies libnbd 1.18 still asks; the server refuses SET.
+    const { count, err } = await this.#exchange(() => neg.metaContext(opt, queries, context));
     if (err) throw new NbdError(err, "server replied with error to meta context request");
     return count;
   }
 
   async optStructuredReply(): Promise<boolean> {
-    return (await this.#fixed().structuredReply()) === 0;
+    const neg = this.#fixed();
+    return (await this.#exchange(() => neg.structuredReply())) === 0;
   }
 
   /** A new export name or new requests make what the server said about the old ones stale. */
@@ -711,15 +803,29 @@ export class Connection {
     const header = Buffer.allocUnsafe(REQUEST_SIZE);
     encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE),
       cmd.flags, cmd.type, cmd.cookie, cmd.offset, cmd.count);
+    this.stats.chunksSent++;
     if (cmd.type === Cmd.WRITE && cmd.count > 0) {
       socket.cork();
-      socket.write(header);
-      socket.write(cmd.buf!);
+      this.#send(header);
+      this.#send(cmd.buf!);
       socket.uncork();
     } else {
-      socket.write(header);
+      this.#send(header);
     }
   }
+
+  /** Every byte for the server goes through here, so that stats count it. */
+  #send(bytes: Uint8Array, end = false): void {
+    this.stats.bytesSent += bytes.byteLength;
+    const socket = this.#transport!.socket;
+    if (end) socket.end(bytes);
+    else socket.write(bytes);
+  }
+
+  statsBytesSent(): bigint { return BigInt(this.stats.bytesSent); }
+  statsChunksSent(): bigint { return BigInt(this.stats.chunksSent); }
+  statsBytesReceived(): bigint { return BigInt(this.stats.bytesReceived); }
+  statsChunksReceived(): bigint { return BigInt(this.stats.chunksReceived); }
 
   // ---- aio: completion and the event loop ------------------------------------------
 
@@ -800,6 +906,7 @@ export class Connection {
 
   readonly #replyHost = {
     structuredReplies: () => this.#neg?.structuredReplies ?? false,
+    stats: this.stats,
     contextName: (id: number) => this.#neg?.metaContexts.find((c) => c.id === id)?.name,
     awaiting: () => this.#inflight.size > 0,
     find: (cookie: number) => this.#inflight.get(cookie),
@@ -833,8 +940,8 @@ export class Connection {
     this.#disconnectRequested = true;
     const header = Buffer.allocUnsafe(REQUEST_SIZE);
     encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE), 0, Cmd.DISC, this.#nextCookie++, 0, 0);
-    const socket = this.#transport!.socket;
-    socket.end(header); // NBD_CMD_DISC has no reply: half-close and wait for the server's EOF
+    this.stats.chunksSent++;
+    this.#send(header, true); // NBD_CMD_DISC has no reply: half-close and wait for the server's EOF
   }
 
   #waitClosed(): Promise<void> {
@@ -848,6 +955,7 @@ export class Connection {
 
   /** nbd_close: fail what is in flight, stop the server we started, remove its socket dir. */
   async close(): Promise<void> {
+    this.log("nbd_close", "closing handle");
     const t = this.#transport;
     if (this.#state !== "DEAD" && this.#state !== "CLOSED") this.#close();
     this.#reader.fail(new NbdError(errno.ENOTCONN, "handle closed"));

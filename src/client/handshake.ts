@@ -56,6 +56,9 @@ export const noExport = (): ExportInfo =>
 
 export interface MetaContext { id: number; name: string }
 
+/** Counters that libnbd's nbd_stats_* report; a chunk is a magic-delimited message. */
+export interface Stats { bytesSent: number; chunksSent: number; bytesReceived: number; chunksReceived: number }
+
 /** The server answered an option with an error reply (as opposed to breaking the protocol). */
 export class Refused extends NbdError {}
 
@@ -72,13 +75,14 @@ export class Negotiator {
   /** Whether metaContexts answers for the current export (libnbd's meta_valid). */
   metaValid = false;
 
-  constructor(private readonly io: Wire, private readonly settings: Settings) {}
+  constructor(private readonly io: Wire, private readonly settings: Settings, private readonly stats: Stats) {}
 
   get fixed(): boolean { return (this.handshakeFlags & FLAG_FIXED_NEWSTYLE) !== 0; }
 
   /** MAGIC, then the oldstyle export or the newstyle flags exchange. */
   async greet(): Promise<Protocol> {
     const greeting = decodeGreeting(await this.io.read(16));
+    this.stats.chunksReceived++;
     if (greeting.style === "oldstyle") {
       const old = decodeOldstyle(await this.io.read(OLDSTYLE_SIZE - 16));
       if (old.gflags) throw new NbdError(0, "handshake: oldstyle server should not set gflags");
@@ -94,11 +98,13 @@ export class Negotiator {
   }
 
   #option(opt: Opt, data?: Uint8Array): void {
+    this.stats.chunksSent++;
     this.io.write(encodeOption(opt, data));
   }
 
   async #reply(opt: Opt): Promise<{ type: number; payload: Uint8Array }> {
     const h = decodeOptionReplyHeader(await this.io.read(OPTION_REPLY_HEADER_SIZE));
+    this.stats.chunksReceived++;
     if (h.option !== opt) {
       throw new ProtocolError(`handshake: unexpected option number in reply (${h.option}, expected ${opt})`);
     }
@@ -187,6 +193,7 @@ export class Negotiator {
   async go(opt: Opt.GO | Opt.INFO = Opt.GO): Promise<void> {
     if (!this.fixed) return this.exportName();
     await this.#metaContextForGo();
+    this.export = noExport(); // nothing from an earlier NBD_OPT_INFO survives (libnbd's OPT_GO.START)
     const s = this.settings;
     const infos: Info[] = [];
     if (s.requestBlockSize) infos.push(Info.BLOCK_SIZE);

@@ -14,10 +14,12 @@ import {
 } from "../protocol/transmission.js";
 import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants.js";
 import type { Callback, Command } from "./command.js";
+import type { Stats } from "./handshake.js";
 import { NbdError } from "./error.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
+  readonly stats: Stats;
   /** A reply is due (a command is in flight). Bytes that come while none is are held (see resume). */
   awaiting(): boolean;
   /** The name of a negotiated meta context, by the id the server gave it. */
@@ -153,6 +155,7 @@ export class ReplyParser {
       this.#need = size;
       return;
     }
+    this.host.stats.chunksReceived++;
     this.#simple = this.#view.getUint32(0) === SIMPLE_REPLY_MAGIC;
     if (this.#simple) this.#simpleReply();
     else this.#chunkHeader();

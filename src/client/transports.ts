@@ -1,11 +1,12 @@
 /**
  * Ways to reach a server: a Unix socket, TCP, a command on a socketpair
- * (connect_command), and systemd socket activation. Each yields a connected
+ * (connect_command), systemd socket activation, and a socket the caller
+ * connected (connect_socket). Each yields a connected
  * net.Socket whose reads go to `onread` (one static buffer, no per-read
  * allocation), plus the subprocess and temp dir it started, if any.
  */
-import { mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { connect, createServer, type OnReadOpts, type Server, type Socket } from "node:net";
+import { fstatSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { Socket, connect, createServer, type OnReadOpts, type Server, type SocketConstructorOpts } from "node:net";
 import { randomBytes } from "node:crypto";
 import { errno, errnoOf } from "../errno.js";
 import { NbdError, asNbdError } from "./error.js";
@@ -155,5 +156,30 @@ export async function openSocketActivation(
     await child?.reap(STDERR_WAIT_MS);
     rmSync(dir, { recursive: true, force: true });
     throw explained;
+  }
+}
+
+/**
+ * connect_socket's first check, made before the state machine (a bad fd
+ * leaves the handle created). libnbd's comes from fcntl(), hence its text.
+ */
+export function checkSocketFd(fd: number): void {
+  const ebadf = new NbdError(errno.EBADF, "fcntl: set O_NONBLOCK");
+  if (fd < 0) throw ebadf;
+  try { fstatSync(fd); } catch (err) { throw new NbdError(errnoOf(err, errno.EBADF), "fcntl: set O_NONBLOCK"); }
+}
+
+/**
+ * connect_socket: the caller's connected socket, owned by the handle from now
+ * on (closed with it). Something other than a socket fails as libnbd's first
+ * recv() on it would. Node wraps only stream sockets (Unix or TCP).
+ */
+export function openSocket(fd: number, onread: OnRead): Transport {
+  if (!fstatSync(fd).isSocket()) throw new NbdError(errno.ENOTSOCK, "recv");
+  try {
+    // net.connect() hands `onread` to this constructor; the types only list it for connect().
+    return { socket: new Socket({ fd, readable: true, writable: true, onread } as SocketConstructorOpts) };
+  } catch (err) {
+    throw new NbdError(errno.ENOTSUP, `recv: cannot use this socket: ${(err as Error).message}`);
   }
 }
