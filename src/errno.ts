@@ -69,3 +69,9 @@ export function errnoOf(err: unknown, fallback = 0): number {
   if (typeof code === "string" && code in table) return table[code as Name][0];
   return fallback;
 }
+
+/** The symbolic name of an errno value ("EINVAL"), if it is one we know. */
+export function errnoName(n: number): string | undefined {
+  for (const [name, [value]] of Object.entries(table)) if (value === n) return name;
+  return undefined;
+}

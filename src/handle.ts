@@ -4,7 +4,6 @@
  * handle's SharedArrayBuffer, never through a cloned message), crosses the
  * bridge, and turns the reply into libnbd's return value and last error.
  */
-import { rmSync } from "node:fs";
 import { MAX_REQUEST_SIZE } from "./constants.js";
 import { API, type CallName, type HandleMethods } from "./api/table.js";
 import { errorValue } from "./api/invoke.js";
@@ -15,6 +14,7 @@ import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
+import { track, untrack } from "./cleanup.js";
 
 interface Slot {
   readonly id: number;
@@ -28,25 +28,6 @@ interface Slot {
 
 const slots = new WeakMap<Handle, Slot>();
 let nextId = 1;
-
-// ---- what must not outlive the process ---------------------------------------
-
-const cleanups = new Map<number, { pid?: number; dir?: string }>();
-let exitHookInstalled = false;
-
-/** A process that exits without close() still stops its servers and removes their sockets. */
-function track(id: number, cleanup: Reply["cleanup"]): void {
-  if (!cleanup || (cleanup.pid === undefined && !cleanup.dir)) return;
-  cleanups.set(id, cleanup);
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once("exit", () => {
-    for (const { pid, dir } of cleanups.values()) {
-      try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    }
-  });
-}
 
 // ---- the handle ----------------------------------------------------------------
 
@@ -70,7 +51,7 @@ export class Handle {
     slot.closed = true;
     const reply = cross(slot.id, "close", [], {});
     if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
-    cleanups.delete(slot.id);
+    untrack(slot.id);
   }
 
   [Symbol.dispose](): void {

@@ -1,0 +1,30 @@
+/**
+ * What must not outlive the process: servers that handles started and the
+ * directories of their sockets. A process that exits without close() still
+ * stops them (libnbd leaves that to nbd_close; a script that forgets would
+ * leave a qemu-nbd -t running forever).
+ */
+import { rmSync } from "node:fs";
+
+export interface Leftover { pid?: number; dir?: string }
+
+const leftovers = new Map<unknown, Leftover>();
+let hooked = false;
+
+/** Remember what `owner` started, until untrack(owner). */
+export function track(owner: unknown, leftover: Leftover | undefined): void {
+  if (!leftover || (leftover.pid === undefined && !leftover.dir)) return;
+  leftovers.set(owner, leftover);
+  if (hooked) return;
+  hooked = true;
+  process.once("exit", () => {
+    for (const { pid, dir } of leftovers.values()) {
+      try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+export function untrack(owner: unknown): void {
+  leftovers.delete(owner);
+}
