@@ -58,6 +58,7 @@ export interface Server { pid: number; stop(): void }
 function nbdkit(args: string[]): Server {
   const pidfile = scratchPath(`nbdkit-${stops.length}.pid`);
   const child = spawn("nbdkit", ["-f", "-P", pidfile, ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  child.unref(); // a test file ends when its tests do; the exit hook stops the server
   waitFor(() => existsSync(pidfile) && readFileSync(pidfile, "utf8").trim() !== "", 10_000, `nbdkit ${args.join(" ")}`);
   const pid = child.pid!;
   const stop = () => {

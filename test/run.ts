@@ -15,15 +15,25 @@ const files = readdirSync(dir)
   .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
   .sort();
 
+/** A test file that runs longer than this has hung: it is killed and counts as failed. */
+const FILE_TIMEOUT_MS = Number(process.env.TEST_FILE_TIMEOUT_MS) || 180_000;
+
 function run(file: string): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [dir + file], { stdio: ["ignore", "pipe", "inherit"] });
+    const timer = setTimeout(() => {
+      console.log(`# ${file} timed out after ${FILE_TIMEOUT_MS} ms`);
+      child.kill("SIGKILL");
+    }, FILE_TIMEOUT_MS);
     let output = "";
     child.stdout.on("data", (d: Buffer) => {
       process.stdout.write(d);
       output += d.toString();
     });
-    child.on("close", (code) => resolve({ code: code ?? 1, output }));
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 1, output });
+    });
   });
 }
 
