@@ -27,6 +27,8 @@ export interface Command {
   completion?: Callback | undefined;
   /** Set for aio commands: they wait in the done list once their reply is complete. */
   aio?: boolean;
+  /** Done, but its completion callback has yet to return on the caller's thread (it may retire it). */
+  undecided?: boolean;
   /** Set for blocking calls: called once the reply is complete or the connection is gone. */
   waiter?: (fatal?: NbdError) => void;
   /**

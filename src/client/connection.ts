@@ -9,7 +9,7 @@ import { rmSync, writeSync } from "node:fs";
 import { Socket } from "node:net";
 import { errno, errnoOf } from "../errno.js";
 import {
-  AIO_DIRECTION_READ, HANDSHAKE_FLAG_MASK, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
+  AIO_DIRECTION_READ, HANDSHAKE_FLAG_MASK, SHUTDOWN_ABANDON_PENDING, MAX_REQUEST_SIZE, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD,
   SIZE_PREFERRED, STRICT_ALIGN, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_MASK, STRICT_PAYLOAD, STRICT_ZERO_SIZE,
   TLS_DISABLE, ALLOW_TRANSPORT_MASK, TLS_ALLOW, TLS_REQUIRE,
 } from "../constants.js";
@@ -17,7 +17,7 @@ import { userInfo } from "node:os";
 import { Cmd, CmdFlag, MAX_STRING, Opt, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeRequest } from "../protocol/transmission.js";
 import type { State } from "../api/types.js";
-import type { Event } from "./events.js";
+import { type Event, recorders } from "./events.js";
 import type { Stats } from "./handshake.js";
 import { type Callback, type Command, commandName } from "./command.js";
 
@@ -90,11 +90,20 @@ export class Connection {
   #disconnectRequested = false;
   /** The server went away while nothing was in flight (see #lost). */
   #peerGone = false;
+  /** How it went, if not by a clean EOF: what poll reports when it finds out. */
+  #peerError: NbdError | undefined;
   #tlsNegotiated = false;
   /** aio commands whose reply is complete, oldest first, until aio_command_completed retires them. */
   #done: Command[] = [];
   #progressed = false;
   #pollWaiter: (() => void) | undefined;
+  /**
+   * The connection ended (CLOSED, DEAD) and no call has returned since: if
+   * the next call is poll, it reports the end as libnbd's poll would have
+   * found it (1, or the error) rather than EINVAL. Any other call shows it
+   * by the state (endSeen).
+   */
+  #endUnreported = false;
   /** The error that made the connection DEAD. */
   #fatal: NbdError | undefined;
   #closed: Promise<void> | undefined;
@@ -304,6 +313,7 @@ export class Connection {
     if (!this.#parser) return this.#reader.fail(err);
     if (this.#inflight.size === 0 && !this.#disconnectRequested) {
       this.#peerGone = true;
+      if (!eof) this.#peerError = err;
       this.#transport?.socket.destroy();
       return;
     }
@@ -319,6 +329,7 @@ export class Connection {
   #die(err: NbdError, sendFailed = false): void {
     this.#state = "DEAD";
     this.#fatal = err;
+    this.#endUnreported = true;
     this.#transport?.socket.destroy();
     this.#failInflight(sendFailed ? undefined : err);
     this.#closedResolve?.();
@@ -328,6 +339,7 @@ export class Connection {
   /** CLOSED: commands still in flight fail with "<cmd>: command failed" (ENOTCONN unless they had an error). */
   #close(): void {
     this.#state = "CLOSED";
+    this.#endUnreported = true;
     this.#transport?.socket.destroy();
     this.#failInflight();
     this.#closedResolve?.();
@@ -336,6 +348,7 @@ export class Connection {
 
   /** libnbd's abort_commands: ENOTCONN for each command that had no error of its own. */
   #failInflight(fatal?: NbdError): void {
+    this.#unsent.length = 0;
     for (const cmd of this.#inflight.values()) {
       cmd.error ||= errno.ENOTCONN;
       cmd.settle(cmd, fatal);
@@ -789,7 +802,10 @@ export class Connection {
         retire = (cmd.completion as (box: { value: number }) => number)({ value: cmd.error }) === 1;
       } catch { /* a throwing completion callback changes nothing (libnbd ignores its -1) */ }
     }
-    if (!retire) this.#done.push(cmd);
+    if (!retire) {
+      if (cmd.completion && recorders.has(cmd.completion)) cmd.undecided = true;
+      this.#done.push(cmd);
+    }
     this.#progress();
   }
 
@@ -797,7 +813,42 @@ export class Connection {
     return new NbdError(cmd.error, `${commandName[cmd.type]}: command failed`);
   }
 
+  /**
+   * Requests held back while the socket's buffer is full (libnbd's
+   * cmds_to_issue): they go out as it drains, in order, and
+   * SHUTDOWN_ABANDON_PENDING drops them. NBD_CMD_DISC waits behind them.
+   */
+  #unsent: Command[] = [];
+  #discUnsent = false;
+
   #sendRequest(cmd: Command): void {
+    const socket = this.#transport!.socket;
+    if (this.#unsent.length || socket.writableNeedDrain) {
+      if (!this.#unsent.length) socket.once("drain", () => this.#sendUnsent());
+      this.#unsent.push(cmd);
+      return;
+    }
+    this.#writeRequest(cmd);
+  }
+
+  #sendUnsent(): void {
+    const socket = this.#transport!.socket;
+    while (this.#unsent.length && !socket.writableNeedDrain) this.#writeRequest(this.#unsent.shift()!);
+    if (this.#unsent.length) socket.once("drain", () => this.#sendUnsent());
+    else if (this.#discUnsent) this.#sendDisconnect();
+  }
+
+  /** SHUTDOWN_ABANDON_PENDING: what has not gone out completes with ENOTCONN (libnbd's abort_commands). */
+  #abandonUnsent(): void {
+    for (const cmd of this.#unsent.splice(0)) {
+      this.#inflight.delete(cmd.cookie);
+      cmd.error ||= errno.ENOTCONN;
+      cmd.settle(cmd);
+    }
+    if (this.#discUnsent) this.#sendDisconnect();
+  }
+
+  #writeRequest(cmd: Command): void {
     const socket = this.#transport!.socket;
     // A fresh header each time: a queued write may still refer to an older one.
     const header = Buffer.allocUnsafe(REQUEST_SIZE);
@@ -833,7 +884,7 @@ export class Connection {
 
   aioCommandCompleted(cookie: bigint): boolean {
     if (cookie < 1n) throw new NbdError(errno.EINVAL, `invalid aio cookie ${cookie}`);
-    const i = this.#done.findIndex((c) => BigInt(c.cookie) === cookie);
+    const i = this.#done.findIndex((c) => BigInt(c.cookie) === cookie && !c.undecided);
     if (i < 0) return false;
     const [cmd] = this.#done.splice(i, 1);
     if (cmd!.error) throw this.#commandError(cmd!);
@@ -841,8 +892,9 @@ export class Connection {
   }
 
   aioPeekCommandCompleted(): bigint {
-    if (this.#done.length) return BigInt(this.#done[0]!.cookie);
-    if (this.#inflight.size) return 0n;
+    const first = this.#done.find((c) => !c.undecided);
+    if (first) return BigInt(first.cookie);
+    if (this.#inflight.size || this.#done.length) return 0n;
     throw new NbdError(errno.EINVAL, "no commands are in flight");
   }
 
@@ -850,11 +902,14 @@ export class Connection {
    * The caller's thread learned what callbacks it replayed returned: a
    * completion callback's 1 retires its command, a chunk or extent
    * callback's -1 fails it (libnbd applies both as the callbacks return).
+   * An error of 0 says the completion callback has returned: until then
+   * the command is not reported done, since its callback may retire it.
    */
   settleFromCaller(cookie: number, retire: boolean, error: number): void {
     const i = this.#done.findIndex((c) => c.cookie === cookie);
     const cmd = i >= 0 ? this.#done[i] : this.#inflight.get(cookie);
     if (!cmd) return;
+    if (!error) cmd.undecided = false; // its completion callback has returned
     if (retire && i >= 0) this.#done.splice(i, 1);
     else cmd.error ||= error;
   }
@@ -875,8 +930,15 @@ export class Connection {
    */
   async poll(timeout: number): Promise<number> {
     const state = this.#state;
-    if (state === "START" || state === "CLOSED" || state === "DEAD") {
+    const unreported = this.#endUnreported;
+    this.#endUnreported = false;
+    if ((state === "START" || state === "CLOSED" || state === "DEAD") && !unreported) {
       throw new NbdError(errno.EINVAL, `nothing to poll for in state ${state}`);
+    }
+    // The server left while the handle was idle: libnbd's poll reads that now (EOF: CLOSED; an error: DEAD).
+    if (this.#peerGone && state === "READY") {
+      if (this.#peerError) this.#die(this.#peerError);
+      else this.#close();
     }
     if (!this.#progressed && timeout !== 0) {
       await new Promise<void>((resolve) => {
@@ -887,9 +949,13 @@ export class Connection {
     }
     const progressed = this.#progressed;
     this.#progressed = false;
+    this.#endUnreported = false; // reported now
     if (this.#state === "DEAD" && this.#fatal) throw this.#fatal;
     return progressed ? 1 : 0;
   }
+
+  /** A call other than poll returned (api/invoke.ts): an end of the connection before it is no longer news. */
+  endSeen(): void { this.#endUnreported = false; }
 
   poll2(fd: number, timeout: number): Promise<number> {
     if (fd !== -1) throw new NbdError(errno.ENOTSUP, "only fd -1 is supported: the socket lives in nbd-ts's worker thread");
@@ -919,10 +985,10 @@ export class Connection {
 
   // ---- disconnecting --------------------------------------------------------
 
-  async shutdown(_flags: number): Promise<void> {
-    // SHUTDOWN_ABANDON_PENDING drops requests not yet sent; ours go out at once.
+  async shutdown(flags: number): Promise<void> {
     if (this.#peerGone) return this.#die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
     if (this.#state === "READY") {
+      if (flags & SHUTDOWN_ABANDON_PENDING) this.#abandonUnsent();
       if (!this.#disconnectRequested) this.#sendDisconnect();
       await this.#waitClosed();
     } else if (this.#state === "NEGOTIATING") {
@@ -938,6 +1004,8 @@ export class Connection {
 
   #sendDisconnect(): void {
     this.#disconnectRequested = true;
+    this.#discUnsent = this.#unsent.length > 0;
+    if (this.#discUnsent) return; // after the requests still waiting to go out
     const header = Buffer.allocUnsafe(REQUEST_SIZE);
     encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE), 0, Cmd.DISC, this.#nextCookie++, 0, 0);
     this.stats.chunksSent++;

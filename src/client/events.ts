@@ -13,4 +13,7 @@ export interface Span { span: number; length: number }
 
 export const span = (view: Uint8Array): Span => ({ span: view.byteOffset, length: view.byteLength });
 
+/** Callbacks that only record their calls (api/invoke.ts): the real one runs later, on the caller's thread. */
+export const recorders = new WeakSet<object>();
+
 export const isSpan = (x: unknown): x is Span => typeof x === "object" && x !== null && "span" in x;
