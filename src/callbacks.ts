@@ -33,7 +33,10 @@ export interface Replayed {
   errno?: number;
 }
 
-/** Tells the worker what callbacks decided: [cookie, retire ? 1 : 0, errno]. */
+/**
+ * Tells the worker what callbacks decided: [cookie, retire ? 1 : 0, errno].
+ * A completion callback's return sends errno 0; a failed chunk or extent callback, its errno.
+ */
 export type Settlement = [number, number, number];
 
 /** The event the worker sends when an aio command's reply is complete: its buffer is ready. */
@@ -107,8 +110,9 @@ export class Callbacks {
       return a;
     });
     const cookie = held.cookie;
-    // A completion callback sees the error its own chunk callbacks caused.
-    if (held.shape === "completion" && cookie !== undefined && box && !box.value) box.value = failed.get(cookie) ?? 0;
+    // Later chunk, extent and completion callbacks see the error an earlier callback caused (libnbd's cmd->error).
+    const earlier = cookie === undefined ? result.errno : failed.get(cookie);
+    if (box && !box.value && earlier) box.value = earlier;
     let r: unknown;
     try {
       r = held.fn(...args);
@@ -116,7 +120,7 @@ export class Callbacks {
       r = -1;
       if (cookie === undefined) result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
-    if (held.shape === "completion" && r === 1 && cookie !== undefined) this.settlements.push([cookie, 1, 0]);
+    if (held.shape === "completion" && cookie !== undefined) this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
     if (r !== -1 || !FAILS_ON_MINUS_ONE.has(held.shape)) return;
     const err = box?.value || errno.EPROTO;
     if (cookie === undefined) result.errno ??= err;

@@ -9,16 +9,18 @@ import { errno, errnoOf } from "../errno.js";
 import { STRICT_FLAGS } from "../constants.js";
 import type { Connection } from "../client/connection.js";
 import { NbdError, asNbdError } from "../client/error.js";
-import { type Event, span } from "../client/events.js";
+import { type Event, recorders, span } from "../client/events.js";
 import { API, type CallName } from "./table.js";
 import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
 
 /** A callback that records its calls for the caller's thread (which holds the real one). */
 function recorder(conn: Connection, id: number) {
-  return (...args: unknown[]): number => {
+  const fn = (...args: unknown[]): number => {
     conn.emit({ id, args: args.map((a) => (a instanceof Uint8Array ? span(a) : a)) });
     return 0;
   };
+  recorders.add(fn);
+  return fn;
 }
 
 /** A call's outcome as plain data: it crosses the thread boundary as is. */
@@ -151,6 +153,8 @@ export async function invoke(
     const msg = err.format(context);
     if (conn.debug) conn.log(context, `leave: error="${msg}"`);
     return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg });
+  } finally {
+    if (name !== "poll" && name !== "poll2") conn.endSeen();
   }
 }
 
