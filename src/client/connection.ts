@@ -211,7 +211,20 @@ export class Connection {
 
   setTls(tls: number): void { this.tls = tls; }
   getTls(): number { return this.tls; }
-  supportsTls(): boolean { return true; }
+  /** TLS (NBD_OPT_STARTTLS) is not built yet: like a libnbd built without GnuTLS. */
+  supportsTls(): boolean { return false; }
+
+  /**
+   * Where STARTTLS would go. Without TLS, ALLOW carries on in plaintext (as
+   * when a server refuses TLS) and REQUIRE fails, as libnbd fails it.
+   */
+  #withoutTls(protocol: string): void {
+    if (this.tls !== TLS_REQUIRE) return;
+    const why = protocol === "oldstyle" ? "server is oldstyle"
+      : protocol === "newstyle" ? "server is not using fixed newstyle"
+      : "nbd-ts does not support TLS yet";
+    throw new NbdError(errno.ENOTSUP, `handshake: ${why}, but handle TLS setting is 'require' (2)`);
+  }
   setTlsCertificates(dir: string): void { this.tlsCertificates = dir; }
   setTlsVerifyPeer(verify: boolean): void { this.tlsVerifyPeer = verify; }
   getTlsVerifyPeer(): boolean { return this.tlsVerifyPeer; }
@@ -256,6 +269,7 @@ export class Connection {
       const neg = (this.#neg = new Negotiator({ read: (n) => this.#reader.read(n), write: (b) => this.#send(b) }, this, this.stats));
       const protocol = await neg.greet();
       this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
+      this.#withoutTls(protocol);
       if (protocol === "newstyle-fixed" && this.requestStructuredReplies) await neg.structuredReply();
       if (protocol !== "oldstyle" && this.optMode) {
         this.#state = "NEGOTIATING";
