@@ -16,7 +16,8 @@ import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, rmSync, writeFileSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import {
-  create, getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, CONTEXT_BASE_ALLOCATION, READ_DATA, SHUTDOWN_ABANDON_PENDING, type Handle,
+  AIO_DIRECTION_READ, create, getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, CONTEXT_BASE_ALLOCATION, READ_DATA,
+  SHUTDOWN_ABANDON_PENDING, STATE_HOLE, type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { pattern, scratchPath, sleep } from "./helpers.js";
@@ -615,6 +616,39 @@ except nbd.Error as e: assert e.errnum == errno.ESHUTDOWN
 print(json.dumps(out))
 `);
   assert.equal(py, [0, true, [errno.ENOTCONN]]);
+});
+
+test("aioGetDirection and aioIsProcessing follow the handle's state; nbdkit sparse-random reads are stable", () => {
+  const fresh = create()!;
+  assert.is(fresh.aioGetDirection(), 0, "nothing to wait for before connecting");
+  fresh.close();
+  const h = nbdkit(["--filter=delay", "sparse-random", "size=16M", "delay-read=1"], (h) => h.addMetaContext("base:allocation"));
+  assert.is(h.aioGetDirection(), AIO_DIRECTION_READ, "a connected handle waits for replies");
+  assert.is(h.aioIsProcessing(), 0);
+  const a = new Uint8Array(64 * KiB);
+  const c = h.aioPread(a, 0);
+  assert.ok(c > 0n, String(getError()));
+  assert.is(h.aioIsProcessing(), 1, "a command in flight");
+  assert.is(h.aioIsReady(), 0);
+  complete(h, [c]);
+  assert.is(h.aioIsProcessing(), 0);
+  assert.is(h.aioIsReady(), 1);
+  // sparse-random: the same bytes every time, and extents that say where data is.
+  const b = new Uint8Array(64 * KiB);
+  assert.is(h.pread(b, 0), 0, String(getError()));
+  assert.equal(b, a);
+  // nbdkit 1.32's sparse-random answers block status with one extent (nbdinfo --map agrees).
+  let covered = 0;
+  let flags = -1;
+  assert.is(h.blockStatus(16 * MiB, 0, (_ctx, _off, e) => {
+    for (let i = 0; i < e.length; i += 2) covered += e[i]!;
+    flags = e[1]!;
+    return 0;
+  }), 0, String(getError()));
+  assert.is(covered, 16 * MiB);
+  const map = spawnSync("nbdinfo", ["--map", "--", "[", "nbdkit", "sparse-random", "size=16M", "]"], { encoding: "utf8" });
+  assert.is(Number(map.stdout.trim().split(/\s+/)[2]), flags, map.stdout);
+  assert.ok(flags & STATE_HOLE);
 });
 
 test.run();

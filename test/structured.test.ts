@@ -11,11 +11,12 @@ import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
-  create, getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, READ_DATA, READ_HOLE, STRICT_COMMANDS, STRICT_MASK,
+  create, getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, READ_DATA, READ_ERROR, READ_HOLE, STRICT_COMMANDS, STRICT_MASK,
   type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { pattern, run, scratchPath } from "./helpers.js";
+import { fakeServer } from "./fake-server.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -377,6 +378,34 @@ test("DF without can_df is EINVAL before anything is sent; without STRICT_COMMAN
   const py = python([spec])[0]!;
   assert.equal(py, [{ err: "nbd_pread_structured: server does not support the DF flag: Invalid argument", errno: errno.EINVAL, seen: [] }]);
   assert.equal(ours(spec), py);
+});
+
+
+// ---- READ_ERROR: an error chunk with an offset ----------------------------------------
+
+test("an NBD_REPLY_TYPE_ERROR_OFFSET chunk reaches the callback as READ_ERROR, then fails the read", () => {
+  // The server sends the first half as data, then an EIO at the second half's start.
+  const h = newHandle();
+  const argv = fakeServer({
+    onRequest: (req, R) => {
+      if (req.type !== 0) return undefined;
+      const half = req.count / 2;
+      return [
+        R.data(req, req.offset, R.read(req.offset, half), { flags: 0 }),
+        R.error(req, 5, "injected", { offset: req.offset + BigInt(half), flags: 1 }),
+      ];
+    },
+  });
+  assert.is(h.connectCommand(argv), 0, String(getError()));
+  const seen: [number, bigint, number, number][] = [];
+  const buf = new Uint8Array(1024);
+  const ret = h.preadStructured(buf, 4096, (sub, off, status, err) => {
+    seen.push([sub.length, off, status, err.value]);
+    return 0;
+  });
+  fails(ret, errno.EIO, "nbd_pread_structured: read: command failed: Input/output error");
+  assert.equal(seen, [[512, 4096n, READ_DATA, 0], [0, 4608n, READ_ERROR, errno.EIO]]);
+  assert.is(h.aioIsReady(), 1, "an error chunk fails the command, not the connection");
 });
 
 test.run();
