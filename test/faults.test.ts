@@ -76,7 +76,7 @@ function othersUnharmed(what: string): void {
 // ---- the cases -----------------------------------------------------------------------
 
 /** A call, in a form both nbd-ts and python3-libnbd run: pread/pwrite take a count and an offset. */
-type Op = ["pread" | "pwrite", number, number] | ["set_request_structured_replies", boolean];
+type Op = ["pread" | "pwrite", number, number] | ["set_request_structured_replies", boolean] | ["set_tls", number];
 
 interface Outcome { errno: number; message: string; state: State }
 
@@ -118,6 +118,15 @@ const cases: Case[] = [
     name: "greeting neither newstyle nor oldstyle",
     script: { greeting: "bad-second-magic" },
     expect: dead("connect_command", "handshake: server is not either an oldstyle or fixed newstyle NBD server"),
+  },
+  {
+    name: "TLS required, but the server is not fixed newstyle",
+    script: { handshakeFlags: 2 },
+    settings: [["set_tls", 2]],
+    expect: {
+      errno: errno.ENOTSUP, state: "DEAD",
+      message: "nbd_connect_command: handshake: server is not using fixed newstyle, but handle TLS setting is 'require' (2): Operation not supported",
+    },
   },
   { name: "EOF before the greeting", script: { greeting: "close" }, expect: eof("connect_command") },
   {
@@ -394,6 +403,7 @@ function tsOp(h: Handle, op: Op): number {
     case "pread": return h.pread(new Uint8Array(op[1]), op[2]);
     case "pwrite": return h.pwrite(new Uint8Array(op[1]).fill(0xee), op[2]);
     case "set_request_structured_replies": return h.setRequestStructuredReplies(op[1]);
+    case "set_tls": return h.setTls(op[1]);
   }
 }
 
