@@ -48,6 +48,7 @@ export class AsyncHandle {
   constructor() {
     const conn = new Connection(nextId++);
     conn.debug = process.env.LIBNBD_DEBUG === "1";
+    conn.log("nbd_create", "opening handle");
     connections.set(this, conn);
   }
 

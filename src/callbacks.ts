@@ -118,7 +118,8 @@ export class Callbacks {
       r = held.fn(...args);
     } catch (e) {
       r = -1;
-      if (cookie === undefined) result.thrown ??= e instanceof Error ? e : new Error(String(e));
+      // libnbd ignores what the debug callback returns: its throw fails nothing.
+      if (cookie === undefined && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
     if (held.shape === "completion" && cookie !== undefined) this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
     if (r !== -1 || !FAILS_ON_MINUS_ONE.has(held.shape)) return;

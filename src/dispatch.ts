@@ -45,6 +45,7 @@ export async function dispatch(id: number, name: string, args: unknown[], extra:
   if (name === "create") {
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment
+    conn.log("nbd_create", "opening handle");
     slots.set(id, { conn, sab: new SharedArrayBuffer(0) });
     return { ret: 0 };
   }

@@ -21,28 +21,15 @@ import {
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { pattern, scratchPath, sleep } from "./helpers.js";
+import { nbdkit, NBDKIT, newHandle } from "./handles.js";
+import { python as oracle } from "./libnbd.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
-const NBDKIT = ["nbdkit", "-s", "--exit-with-parent"];
 const SIGKILL = 9;
 const SIGSTOP = 19;
 
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function nbdkit(args: string[], before?: (h: Handle) => void): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  before?.(h!);
-  assert.is(h!.connectCommand([...NBDKIT, ...args]), 0, `connect nbdkit ${args.join(" ")}: ${getError()}`);
-  return h!;
-}
+// ---- handles made by newHandle and nbdkit (./handles.ts) are closed after each test ------
 
 function fails(ret: number | bigint, err: number, message: string | RegExp): void {
   assert.ok(ret === -1 || ret === -1n, `expected failure, got ${String(ret)}`);
@@ -96,11 +83,7 @@ function continueLater(pid: bigint, ms: number): void {
   spawn("sh", ["-c", `sleep ${ms / 1000}; kill -CONT ${pid}`], { stdio: "ignore" }).unref();
 }
 
-function python(script: string): unknown {
-  const r = spawnSync("/usr/bin/python3", ["-c", `import json, nbd, errno, signal, time\n${script}`], { encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout);
-}
+const python = (script: string): unknown => oracle(`import json, nbd, errno, signal, time\n${script}`);
 
 // ---- the acceptance test: 64 reads in flight over 64 MiB ---------------------------
 
@@ -314,8 +297,7 @@ test("aio_in_flight and aio_peek_command_completed while commands wait on a slow
 });
 
 test("poll: 1 after progress, 0 when idle without hanging; START is EINVAL; poll2(-1, …) works, poll2(3, 0) ENOTSUP", () => {
-  const fresh = create()!;
-  handles.push(fresh);
+  const fresh = newHandle();
   fails(fresh.poll(0), errno.EINVAL, "nbd_poll: nothing to poll for in state START: Invalid argument");
   fails(fresh.poll(-1), errno.EINVAL, "nbd_poll: nothing to poll for in state START: Invalid argument");
   fails(fresh.poll2(-1, 0), errno.EINVAL, "nbd_poll2: nothing to poll for in state START: Invalid argument");

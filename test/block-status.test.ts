@@ -3,20 +3,23 @@
  * (libnbd's meta-base-allocation test, T30), REQ_ONE, the client-side refusal
  * without a negotiated context, qemu-nbd's base:allocation,
  * qemu:allocation-depth and qemu:dirty-bitmap contexts on qcow2 images made
- * here, an extent callback's failures, and extents for a context that was
- * never negotiated (skipped). Where libnbd 1.14 (python3-libnbd, no
- * block_status_64) can answer the same question, its answer is the expected one.
+ * here, an extent callback's failures, extents for a context that was
+ * never negotiated (skipped), and block_status_filter (libnbd 1.18),
+ * which without extended headers fails before anything is sent. Where
+ * libnbd 1.14 (python3-libnbd, no block_status_64) can answer the same
+ * question, its answer is the expected one.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
 import {
-  create, getErrno, getError, CMD_FLAG_FUA, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, STATE_DIRTY, STATE_HOLE,
-  STATE_ZERO, type Handle,
+  create, getErrno, getError, CMD_FLAG_FUA, CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, STATE_DIRTY,
+  STATE_HOLE, STATE_ZERO, STRICT_AUTO_FLAG, STRICT_COMMANDS, STRICT_MASK, type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
-import { fakeServer } from "./fake-server.js";
+import { TFlag } from "../src/protocol/constants.js";
+import { DEFAULT_EFLAGS, DEFAULT_SIZE, fakeServer } from "./fake-server.js";
 import { run, scratchPath } from "./helpers.js";
 
 const KiB = 1024;
@@ -366,6 +369,107 @@ test("extents for a context the server never negotiated are skipped (same as lib
     { calls: [[CONTEXT_BASE_ALLOCATION, 0, [100, 0], 0]] },
   ]);
   assert.equal(res, python([spec])[0]);
+});
+
+// ---- block_status_filter (libnbd 1.18) --------------------------------------------
+
+/** Each call of block_status_filter, blocking and aio, with what its callback saw. */
+function filtered(h: Handle, count: number, offset: number, contexts: string[], flags?: number) {
+  const seen: [string, bigint, bigint[]][] = [];
+  const cb = (ctx: string, off: bigint, e: BigUint64Array) => (seen.push([ctx, off, Array.from(e)]), 0);
+  const sync = h.blockStatusFilter(count, offset, contexts, cb, flags);
+  const syncErr = [getError(), getErrno()] as const;
+  const cookie = h.aioBlockStatusFilter(count, offset, contexts, cb, undefined, flags);
+  const aioErr = [getError(), getErrno()] as const;
+  return { sync, syncErr, cookie, aioErr, seen };
+}
+
+const NO_EXT = "server does not support extended headers: Operation not supported";
+
+test("block_status_filter: without extended headers it fails with ENOTSUP before sending anything; the handle works on", () => {
+  const servers: [string, () => Handle, string[], number][] = [
+    ["nbdkit", () => connected(SH, false, [CONTEXT_BASE_ALLOCATION]), [CONTEXT_BASE_ALLOCATION], 65536],
+    ["qemu-nbd", () => connected(QEMU, true, [CONTEXT_BASE_ALLOCATION, DEPTH, BITMAP]), [DEPTH, BITMAP], MiB],
+  ];
+  for (const [what, connect, contexts, size] of servers) {
+    const h = connect();
+    const before = [h.statsBytesSent(), h.statsChunksSent()];
+    // Whatever the contexts and flags: libnbd 1.18 asks about extended headers first (STRICT_AUTO_FLAG).
+    for (const [list, flags] of [[contexts, 0], [contexts.slice(0, 1), CMD_FLAG_REQ_ONE], [["x-nosuch:context"], 0], [[], CMD_FLAG_PAYLOAD_LEN]] as const) {
+      const r = filtered(h, size, 0, [...list], flags);
+      assert.is(r.sync, -1, `${what} ${list.join(",")}`);
+      assert.equal(r.syncErr, [`nbd_block_status_filter: ${NO_EXT}`, errno.ENOTSUP]);
+      assert.is(r.cookie, -1n);
+      assert.equal(r.aioErr, [`nbd_aio_block_status_filter: ${NO_EXT}`, errno.ENOTSUP]);
+      assert.equal(r.seen, [], "the callback is never called");
+    }
+    assert.equal([h.statsBytesSent(), h.statsChunksSent()], before, `${what}: nothing was sent`);
+    assert.is(h.aioInFlight(), 0);
+    // The generic checks come first, as in every call: flags, then NULL arguments.
+    fails(h.blockStatusFilter(512, 0, contexts, () => 0, CMD_FLAG_FUA), errno.EINVAL, "nbd_block_status_filter: flags: invalid value for flag: 0x1: Invalid argument");
+    fails(h.blockStatusFilter(512, 0, null as unknown as string[], () => 0), errno.EFAULT, "nbd_block_status_filter: contexts cannot be NULL: Bad address");
+    // The handle is as good as before.
+    assert.is(h.aioIsReady(), 1, what);
+    const calls: string[] = [];
+    assert.is(h.blockStatus64(512, 0, (ctx) => (calls.push(ctx), 0)), 0, `${what}: ${getError()}`);
+    assert.ok(calls.includes(contexts[0]!), `${what}: block_status_64 still answers`);
+    assert.is(h.pread(new Uint8Array(512), 0), 0, `${what}: ${getError()}`);
+    h.close();
+  }
+});
+
+test("block_status_filter: libnbd's earlier refusals (no structured replies, no contexts) come first", () => {
+  const noSr = connected(SH, false, [CONTEXT_BASE_ALLOCATION], (h) => assert.is(h.setRequestStructuredReplies(false), 0));
+  const r1 = filtered(noSr, 512, 0, [CONTEXT_BASE_ALLOCATION]);
+  assert.equal([r1.sync, ...r1.syncErr], [-1, "nbd_block_status_filter: server does not support structured replies: Operation not supported", errno.ENOTSUP]);
+  const none = connected(SH, false, []);
+  const r2 = filtered(none, 512, 0, [CONTEXT_BASE_ALLOCATION]);
+  assert.equal([r2.cookie, ...r2.aioErr], [-1n, "nbd_aio_block_status_filter: did not negotiate any metadata contexts, either you did not call " +
+    "nbd_add_meta_context before connecting or the server does not support it: Operation not supported", errno.ENOTSUP]);
+  for (const h of [noSr, none]) assert.is(h.aioIsReady(), 1);
+});
+
+test("block_status_filter with STRICT_AUTO_FLAG (and STRICT_COMMANDS) cleared goes as far as libnbd 1.18 does", () => {
+  // A server that claims BLOCK_STATUS_PAYLOAD (libnbd ignores that without extended headers) and answers
+  // block status with one extent that reports the request's own length and flags.
+  const argv = fakeServer({
+    eflags: DEFAULT_EFLAGS | TFlag.BLOCK_STATUS_PAYLOAD,
+    onOption: (opt, R) => {
+      if (opt.code !== 10) return undefined; // NBD_OPT_SET_META_CONTEXT: base:allocation is id 1
+      return [R.optionReply(10, 4, R.cat(R.u32(1), new TextEncoder().encode("base:allocation"))), R.optionReply(10, 1)];
+    },
+    onRequest: (req, R) => {
+      if (req.type !== 7) return undefined;
+      return [R.chunk(req, 5, R.cat(R.u32(1), R.u32(req.count), R.u32(req.flags)), { flags: 1 })];
+    },
+  });
+  const h = connected(argv, false, [CONTEXT_BASE_ALLOCATION]);
+  assert.is(h.setStrictMode(STRICT_MASK & ~STRICT_AUTO_FLAG), 0);
+  let r = filtered(h, 4096, 0, [CONTEXT_BASE_ALLOCATION]);
+  assert.equal(r.syncErr, ["nbd_block_status_filter: server does not support the block status payload flag: Invalid argument", errno.EINVAL]);
+  assert.equal(r.aioErr, ["nbd_aio_block_status_filter: server does not support the block status payload flag: Invalid argument", errno.EINVAL]);
+
+  assert.is(h.setStrictMode(STRICT_MASK & ~STRICT_AUTO_FLAG & ~STRICT_COMMANDS), 0);
+  const sent = h.statsBytesSent();
+  r = filtered(h, 4096, 0, [CONTEXT_BASE_ALLOCATION, "x-nosuch:context"]);
+  assert.equal(r.syncErr, ["nbd_block_status_filter: context x-nosuch:context not negotiated: Invalid argument", errno.EINVAL]);
+  assert.equal(r.aioErr, ["nbd_aio_block_status_filter: context x-nosuch:context not negotiated: Invalid argument", errno.EINVAL]);
+  assert.is(h.statsBytesSent(), sent, "refused before sending");
+  // The bounds are those of the request's own count and offset.
+  fails(h.blockStatusFilter(4096, Number(DEFAULT_SIZE), [CONTEXT_BASE_ALLOCATION], () => 0), errno.EINVAL, "nbd_block_status_filter: request out of bounds: Invalid argument");
+  fails(h.blockStatusFilter(0, 0, [CONTEXT_BASE_ALLOCATION], () => 0), errno.EINVAL, "nbd_block_status_filter: count cannot be 0: Invalid argument");
+
+  // Then a compact request goes out whose length is the payload's (8 bytes + 4 per context), flags as given.
+  for (const [contexts, flags] of [[[CONTEXT_BASE_ALLOCATION], 0], [[], CMD_FLAG_REQ_ONE], [[CONTEXT_BASE_ALLOCATION, CONTEXT_BASE_ALLOCATION], CMD_FLAG_PAYLOAD_LEN]] as const) {
+    r = filtered(h, 4096, 1024, [...contexts], flags);
+    assert.is(r.sync, 0, String(r.syncErr[0]));
+    assert.ok(r.cookie > 0n, String(r.aioErr[0]));
+    while (h.aioInFlight() > 0) h.poll(-1);
+    assert.is(h.aioCommandCompleted(r.cookie), 1);
+    const wire = [BigInt(8 + 4 * contexts.length), BigInt(flags)];
+    assert.equal(r.seen, [[CONTEXT_BASE_ALLOCATION, 1024n, wire], [CONTEXT_BASE_ALLOCATION, 1024n, wire]], `${contexts.length} contexts`);
+  }
+  assert.is(h.aioIsReady(), 1);
 });
 
 test.run();

@@ -229,6 +229,12 @@ test("a zero-length buffer or count: EINVAL 'count cannot be 0'", () => {
   for (const [name, call, i, arg] of withArg(["bytesIn", "bytesOut", "bytesPersistIn", "bytesPersistOut", "uint64"])) {
     if (arg.kind === "uint64" && arg.name !== "count") continue;
     const zero = arg.kind === "uint64" ? 0 : new Uint8Array(0);
+    if (name === "blockStatusFilter" || name === "aioBlockStatusFilter") {
+      // libnbd 1.18 refuses it without extended headers before it looks at the count (block-status.test.ts).
+      assertFailed(name, callWith(h, name, i, zero), errno.ENOTSUP,
+        `${cName(name, call)}: server does not support extended headers: Operation not supported`);
+      continue;
+    }
     assertFailed(name, callWith(h, name, i, zero), errno.EINVAL, `${cName(name, call)}: count cannot be 0: Invalid argument`,
       `${name} with ${arg.name} ${show(zero)}`);
   }

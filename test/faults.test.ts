@@ -19,31 +19,14 @@ import { spawn, spawnSync } from "node:child_process";
 import { create, getErrno, getError, type Handle } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { fakeServer, patternAt, type Script } from "./fake-server.js";
-import { alive, nbdkitUnix, pattern, waitFor } from "./helpers.js";
+import { alive, nbdkitUnix, pattern, timed, waitFor } from "./helpers.js";
+import { newHandle } from "./handles.js";
 
 const MiB = 1024 * 1024;
 /** A failing call must return within this. */
 const PROMPT_MS = 2000;
 
-// ---- handles ---------------------------------------------------------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
-
-function timed<T>(f: () => T): { value: T; ms: number } {
-  const start = Date.now();
-  const value = f();
-  return { value, ms: Date.now() - start };
-}
+// ---- handles (newHandle's are closed after each test) -------------------------------
 
 type State = "READY" | "DEAD" | "CLOSED" | "OTHER";
 const stateOf = (h: Handle): State =>

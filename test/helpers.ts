@@ -21,6 +21,13 @@ export function waitFor(ready: () => boolean, ms = 10_000, what = "condition"): 
   }
 }
 
+/** Runs `f` and says how long it took. */
+export function timed<T>(f: () => T): { value: T; ms: number } {
+  const start = Date.now();
+  const value = f();
+  return { value, ms: Date.now() - start };
+}
+
 /** A live (not zombie) process? */
 export function alive(pid: number): boolean {
   try {

@@ -7,54 +7,25 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawnSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import {
-  create, getErrno, getError, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, MAX_REQUEST_SIZE,
+  getErrno, getError, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, MAX_REQUEST_SIZE,
   SIZE_MINIMUM, STRICT_ALIGN, STRICT_MASK, STRICT_PAYLOAD, type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { pattern, scratchFile, scratchPath } from "./helpers.js";
+import { fails, nbdkit, NBDKIT, newHandle } from "./handles.js";
+import { call, python as oracle, specScript, runSpec, type Op, type Result, type Run, type Spec as AnySpec } from "./libnbd.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
-const NBDKIT = ["nbdkit", "-s", "--exit-with-parent"];
-
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
-
-/** A handle connected to `nbdkit -s --exit-with-parent ARGS` (connect_command). */
-function nbdkit(args: string[], before?: (h: Handle) => void): Handle {
-  const h = newHandle();
-  before?.(h);
-  assert.is(h.connectCommand([...NBDKIT, ...args]), 0, `connect nbdkit ${args.join(" ")}: ${getError()}`);
-  return h;
-}
 
 /** A handle connected to a server started by socket activation. */
 function activated(argv: string[]): Handle {
   const h = newHandle();
   assert.is(h.connectSystemdSocketActivation(argv), 0, `connect ${argv.join(" ")}: ${getError()}`);
   return h;
-}
-
-/** The call failed with `err` and exactly libnbd's message. */
-function fails(ret: number | bigint | string | null, err: number, message: string): void {
-  assert.ok(ret === -1 || ret === -1n || ret === null, `expected failure, got ${String(ret)}`);
-  assert.is(getError(), message);
-  assert.is(getErrno(), err);
 }
 
 const random = (n: number): Uint8Array => randomFillSync(new Uint8Array(n));
@@ -70,69 +41,39 @@ function read(h: Handle, count: number, offset: number | bigint): Uint8Array {
 
 // ---- python3-libnbd (libnbd 1.14) as the oracle ----------------------------------
 
-/** One op: [python name, ...args]; a pwrite buffer is {hex}. */
-type Op = [string, ...unknown[]];
-interface Spec { argv: string[]; sa?: boolean; settings?: Op[]; ops: Op[] }
-type Result = { ok: unknown } | { err: string | null; errno: number };
+/** A spec's ops: [python name, ...args]; a pwrite buffer is {hex}. */
+interface Spec extends AnySpec { argv: string[] }
 
-const PY = String.raw`
-import json, sys, nbd
+const PY = specScript(String.raw`
 def arg(a):
     return bytes.fromhex(a["hex"]) if isinstance(a, dict) else a
-def norm(v):
-    if v is None: return 0
-    if isinstance(v, bool): return int(v)
-    if isinstance(v, (bytes, bytearray)): return bytes(v).hex()
-    return v
 def call(h, op):
     try: return {"ok": norm(getattr(h, op[0])(*[arg(a) for a in op[1:]]))}
     except nbd.Error as e: return {"err": e.string, "errno": e.errnum}
-out = []
-for spec in json.load(sys.stdin):
-    h = nbd.NBD()
-    res = {"settings": [call(h, op) for op in spec.get("settings", [])]}
-    res["connect"] = call(h, ["connect_systemd_socket_activation" if spec.get("sa") else "connect_command", spec["argv"]])
-    res["ops"] = [call(h, op) for op in spec["ops"]] if "ok" in res["connect"] else []
-    del h
-    out.append(res)
-json.dump(out, sys.stdout)
-`;
+`);
 
-interface Run { settings: Result[]; connect: Result; ops: Result[] }
+const python = (specs: Spec[]): Run[] => oracle<Run[]>(PY, specs);
 
-function python(specs: Spec[]): Run[] {
-  const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(specs), encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout) as Run[];
-}
-
-const camel = (s: string): string => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
-
+/** One op on nbd-ts: pread reads `count` bytes and answers in hex, as python does; a {hex} argument is a buffer. */
 function tsCall(h: Handle, [name, ...args]: Op): Result {
-  let ret: unknown;
-  let data: Uint8Array | undefined;
   if (name === "pread") {
     const [count, offset, flags] = args as [number, number | bigint, number?];
-    data = new Uint8Array(count);
-    ret = h.pread(data, offset, flags);
-  } else {
-    const values = args.map((a) => (a && typeof a === "object" && "hex" in a ? Buffer.from((a as { hex: string }).hex, "hex") : a));
-    ret = (h as unknown as Record<string, (...a: unknown[]) => unknown>)[camel(name)]!(...values);
+    const data = new Uint8Array(count);
+    const ret: unknown = h.pread(data, offset, flags);
+    if (ret === -1 || ret === -1n || ret === null) return { err: getError(), errno: getErrno() };
+    return { ok: hex(data) };
   }
-  if (ret === -1 || ret === -1n || ret === null) return { err: getError(), errno: getErrno() };
-  if (data) return { ok: hex(data) };
-  return { ok: typeof ret === "bigint" ? Number(ret) : ret };
+  const values = args.map((a) => (a && typeof a === "object" && "hex" in a ? Buffer.from((a as { hex: string }).hex, "hex") : a));
+  return call(h, [name, ...values]);
 }
 
 /** Runs `spec` on nbd-ts, then on python3-libnbd against a fresh server of the same command, and compares. */
 function sameAsLibnbd(spec: Spec, py: Run = python([spec])[0]!): Result[] {
   const h = newHandle();
-  const settings = (spec.settings ?? []).map((op) => tsCall(h, op));
-  const connect = tsCall(h, [spec.sa ? "connect_systemd_socket_activation" : "connect_command", spec.argv]);
-  const ops = "ok" in connect ? spec.ops.map((op) => tsCall(h, op)) : [];
+  const run = runSpec(h, spec, tsCall);
   h.close();
-  assert.equal({ settings, connect, ops }, py, `nbd-ts vs libnbd 1.14 for ${spec.argv.join(" ")}`);
-  return ops;
+  assert.equal(run, py, `nbd-ts vs libnbd 1.14 for ${spec.argv.join(" ")}`);
+  return run.ops;
 }
 
 // ---- memory: the commands and their flags ------------------------------------------

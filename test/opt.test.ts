@@ -12,14 +12,17 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawnSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
 import {
-  create, getErrno, getError, CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, SIZE_MAXIMUM, SIZE_MINIMUM,
+  getError, CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, SIZE_MAXIMUM, SIZE_MINIMUM,
   SIZE_PREFERRED, type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { alive, scratchFile, scratchPath, waitFor } from "./helpers.js";
+import { fails, newHandle } from "./handles.js";
+import {
+  call, python, specScript, runSpec, type Op, type Result as AnyResult, type Run, type Spec as AnySpec,
+} from "./libnbd.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -91,19 +94,7 @@ const OLDSTYLE = [...NBDKIT, "-o", "memory", "size=65536"];
 const MEMORY = [...NBDKIT, "memory", "size=1M"];
 const DISK = scratchFile("opt.img", MiB);
 
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
+// ---- handles (closed after each test: ./handles.ts) ------------------------------------
 
 /** A handle in opt mode, connected with connect_command (or socket activation) and negotiating. */
 function negotiating(argv: string[], before?: (h: Handle) => void, sa = false): Handle {
@@ -116,13 +107,6 @@ function negotiating(argv: string[], before?: (h: Handle) => void, sa = false): 
   return h;
 }
 
-/** The call failed with `err` and exactly libnbd's message. */
-function fails(ret: number | bigint | string | null, err: number, message: string): void {
-  assert.ok(ret === -1 || ret === -1n || ret === null, `expected failure, got ${String(ret)}`);
-  assert.is(getError(), message);
-  assert.is(getErrno(), err);
-}
-
 /** What a list or context callback was called with, in order. */
 function recorder<A extends unknown[]>(): { calls: A[]; cb: (...a: A) => number } {
   const calls: A[] = [];
@@ -131,20 +115,13 @@ function recorder<A extends unknown[]>(): { calls: A[]; cb: (...a: A) => number 
 
 // ---- python3-libnbd (libnbd 1.14) as the oracle ----------------------------------
 
-type Op = [string, ...unknown[]];
-interface Spec { argv: string[]; sa?: boolean; settings?: Op[]; ops: Op[] }
-type Result = ({ ok: unknown } | { err: string | null; errno: number }) & { calls?: unknown[][] };
-interface Run { settings: Result[]; connect: Result; ops: Result[] }
+interface Spec extends AnySpec { argv: string[] }
+type Result = AnyResult & { calls?: unknown[][] };
 
 /** Calls whose one argument is a callback: both sides pass one that records its calls. */
 const WITH_CALLBACK = new Set(["opt_list", "opt_list_meta_context"]);
 
-const PY = String.raw`
-import json, sys, nbd
-def norm(v):
-    if v is None: return 0
-    if isinstance(v, bool): return int(v)
-    return v
+const PY = specScript(String.raw`
 def call(h, op):
     name, args, calls = op[0], op[1:], None
     if name in ("opt_list", "opt_list_meta_context"):
@@ -154,24 +131,7 @@ def call(h, op):
     except nbd.Error as e: r = {"err": e.string, "errno": e.errnum}
     if calls is not None: r["calls"] = calls
     return r
-out = []
-for spec in json.load(sys.stdin):
-    h = nbd.NBD()
-    res = {"settings": [call(h, op) for op in spec.get("settings", [])]}
-    res["connect"] = call(h, ["connect_systemd_socket_activation" if spec.get("sa") else "connect_command", spec["argv"]])
-    res["ops"] = [call(h, op) for op in spec["ops"]] if "ok" in res["connect"] else []
-    del h
-    out.append(res)
-json.dump(out, sys.stdout)
-`;
-
-function python(specs: Spec[]): Run[] {
-  const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(specs), encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout) as Run[];
-}
-
-const camel = (s: string): string => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+`);
 
 function tsCall(h: Handle, [name, ...args]: Op): Result {
   let calls: unknown[][] | undefined;
@@ -180,24 +140,19 @@ function tsCall(h: Handle, [name, ...args]: Op): Result {
     calls = rec.calls;
     args = [rec.cb];
   }
-  const ret = (h as unknown as Record<string, (...a: unknown[]) => unknown>)[camel(name)]!(...args);
-  const r: Result = ret === -1 || ret === -1n || ret === null
-    ? { err: getError(), errno: getErrno() }
-    : { ok: typeof ret === "bigint" ? Number(ret) : ret };
+  const r: Result = call(h, [name, ...args]);
   if (calls) r.calls = calls;
   return r;
 }
 
 /** Runs each spec on nbd-ts and on libnbd 1.14 (one python process for all), and compares every answer. */
 function sameAsLibnbd(specs: Spec[]): { h: Handle; ops: Result[] }[] {
-  const py = python(specs);
+  const py = python<Run<Result>[]>(PY, specs);
   return specs.map((spec, i) => {
     const h = newHandle();
-    const settings = (spec.settings ?? []).map((op) => tsCall(h, op));
-    const connect = tsCall(h, [spec.sa ? "connect_systemd_socket_activation" : "connect_command", spec.argv]);
-    const ops = "ok" in connect ? spec.ops.map((op) => tsCall(h, op)) : [];
-    assert.equal({ settings, connect, ops }, py[i], `nbd-ts vs libnbd 1.14 for ${spec.argv.join(" ")}`);
-    return { h, ops };
+    const run = runSpec(h, spec, tsCall);
+    assert.equal(run, py[i], `nbd-ts vs libnbd 1.14 for ${spec.argv.join(" ")}`);
+    return { h, ops: run.ops };
   });
 }
 

@@ -7,102 +7,37 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawnSync } from "node:child_process";
 import { chmodSync, statSync, writeFileSync } from "node:fs";
 import {
-  create, getErrno, getError, CONTEXT_BASE_ALLOCATION, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED,
+  CONTEXT_BASE_ALLOCATION, SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED,
   STRICT_MASK, MAX_REQUEST_SIZE, type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { scratchFile, scratchPath } from "./helpers.js";
+import { fails, nbdkit, NBDKIT, newHandle } from "./handles.js";
+import { call, camel, python, specScript, runSpec, type Op, type Result, type Run, type Spec } from "./libnbd.js";
 
 const MiB = 1024 * 1024;
-const NBDKIT = ["nbdkit", "-s", "--exit-with-parent"];
-
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
-
-function nbdkit(args: string[], before?: (h: Handle) => void): Handle {
-  const h = newHandle();
-  before?.(h);
-  assert.is(h.connectCommand([...NBDKIT, ...args]), 0, `connect nbdkit ${args.join(" ")}: ${getError()}`);
-  return h;
-}
-
-function fails(ret: number | bigint | string | null, err: number, message: string): void {
-  assert.ok(ret === -1 || ret === -1n || ret === null, `expected failure, got ${String(ret)}`);
-  assert.is(getError(), message);
-  assert.is(getErrno(), err);
-}
 
 // ---- python3-libnbd (libnbd 1.14) as the oracle ----------------------------------
 
-type Op = [string, ...unknown[]];
-/** `argv` omitted: the ops run on a handle that never connects. */
-interface Spec { argv?: string[]; sa?: boolean; settings?: Op[]; ops: Op[] }
-type Result = { ok: unknown } | { err: string | null; errno: number };
-interface Run { settings: Result[]; connect?: Result; ops: Result[] }
-
-const PY = String.raw`
-import json, sys, nbd
-def norm(v):
-    if v is None: return 0
-    if isinstance(v, bool): return int(v)
-    return v
+const PY = specScript(String.raw`
 def call(h, op):
     try: return {"ok": norm(getattr(h, op[0])(*op[1:]))}
     except nbd.Error as e: return {"err": e.string, "errno": e.errnum}
-out = []
-for spec in json.load(sys.stdin):
-    h = nbd.NBD()
-    res = {"settings": [call(h, op) for op in spec.get("settings", [])]}
-    if "argv" in spec:
-        res["connect"] = call(h, ["connect_systemd_socket_activation" if spec.get("sa") else "connect_command", spec["argv"]])
-    res["ops"] = [call(h, op) for op in spec["ops"]] if "ok" in res.get("connect", {"ok": 0}) else []
-    del h
-    out.append(res)
-json.dump(out, sys.stdout)
-`;
-
-function python(specs: Spec[]): Run[] {
-  const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(specs), encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout) as Run[];
-}
-
-const camel = (s: string): string => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
-
-function tsCall(h: Handle, [name, ...args]: Op): Result {
-  const ret = (h as unknown as Record<string, (...a: unknown[]) => unknown>)[camel(name)]!(...args);
-  if (ret === -1 || ret === -1n || ret === null) return { err: getError(), errno: getErrno() };
-  return { ok: typeof ret === "bigint" ? Number(ret) : ret };
-}
+`);
 
 /** Runs `spec` on nbd-ts and compares with what python3-libnbd got from its own server of the same command. */
 function sameAsLibnbd(spec: Spec, py: Run): { h: Handle; ops: Result[] } {
   const h = newHandle();
-  const settings = (spec.settings ?? []).map((op) => tsCall(h, op));
-  const run: Run = { settings, ops: [] };
-  if (spec.argv) run.connect = tsCall(h, [spec.sa ? "connect_systemd_socket_activation" : "connect_command", spec.argv]);
-  run.ops = !run.connect || "ok" in run.connect ? spec.ops.map((op) => tsCall(h, op)) : [];
+  const run = runSpec(h, spec, call);
   assert.equal(run, py, `nbd-ts vs libnbd 1.14 for ${spec.argv?.join(" ") ?? "a new handle"}`);
   return { h, ops: run.ops };
 }
 
 /** Compares a batch of specs (one python process for all of them). */
 function allSameAsLibnbd(specs: Spec[]): { h: Handle; ops: Result[] }[] {
-  const py = python(specs);
+  const py = python<Run[]>(PY, specs);
   return specs.map((spec, i) => sameAsLibnbd(spec, py[i]!));
 }
 

@@ -8,42 +8,21 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
-  create, getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, READ_DATA, READ_ERROR, READ_HOLE, STRICT_COMMANDS, STRICT_MASK,
+  getErrno, getError, CMD_FLAG_DF, CMD_FLAG_FUA, READ_DATA, READ_ERROR, READ_HOLE, STRICT_COMMANDS, STRICT_MASK,
   type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { pattern, run, scratchPath } from "./helpers.js";
 import { fakeServer } from "./fake-server.js";
+import { connected, NBDKIT, newHandle } from "./handles.js";
+import { python as oracle } from "./libnbd.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
-const NBDKIT = ["nbdkit", "-s", "--exit-with-parent"];
 
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
-
-function connected(argv: string[], sa: boolean, before?: (h: Handle) => void): Handle {
-  const h = newHandle();
-  before?.(h);
-  const r = sa ? h.connectSystemdSocketActivation(argv) : h.connectCommand(argv);
-  assert.is(r, 0, `connect ${argv.join(" ")}: ${getError()}`);
-  return h;
-}
-
+/** The call returned exactly -1, with `err` and exactly libnbd's message. */
 function fails(ret: number, err: number, message: string): void {
   assert.is(ret, -1, "expected failure");
   assert.is(getError(), message);
@@ -117,11 +96,7 @@ for spec in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 `;
 
-function python(specs: Spec[]): PyRead[][] {
-  const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(specs), encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout) as PyRead[][];
-}
+const python = (specs: Spec[]): PyRead[][] => oracle<PyRead[][]>(PY, specs);
 
 /** The same reads through nbd-ts, in python's shape. */
 function ours(spec: Spec): PyRead[] {

@@ -8,7 +8,7 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, existsSync, fstatSync, openSync } from "node:fs";
 import { connect, createServer, type Socket } from "node:net";
@@ -20,29 +20,14 @@ import { errno } from "../src/errno.js";
 import { NbdError } from "../src/client/error.js";
 import { type UriPlan, type UriPolicy, formatUri, isUri, parseUri } from "../src/client/uri.js";
 import { alive, freePort, nbdkitTcp, nbdkitUnix, scratchFile, scratchPath, waitFor } from "./helpers.js";
+import { newHandle } from "./handles.js";
+import { call, python, type Op, type Result } from "./libnbd.js";
 
 const MiB = 1024 * 1024;
 
-// ---- handles: every one made here is closed after each test --------------------
-
-const handles: Handle[] = [];
-test.after.each(() => {
-  for (const h of handles.splice(0)) h.close();
-});
-
-function newHandle(): Handle {
-  const h = create();
-  assert.ok(h, `create: ${getError()}`);
-  handles.push(h!);
-  return h!;
-}
-
 // ---- python3-libnbd (libnbd 1.14) as the oracle ----------------------------------
 
-/** One call, [python name, ...args]; a list of them runs on one fresh handle. */
-type Op = [string, ...unknown[]];
-type Result = { ok: unknown } | { err: string | null; errno: number };
-
+/** A list of calls ([python name, ...args]) runs on one fresh handle. */
 const PY = String.raw`
 import json, sys, nbd
 def call(h, op):
@@ -58,22 +43,10 @@ for ops in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 `;
 
-function python(runs: Op[][]): Result[][] {
-  const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(runs), encoding: "utf8", timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`python3-libnbd failed: ${r.stderr || r.error}`);
-  return JSON.parse(r.stdout) as Result[][];
-}
-
-const camel = (s: string): string => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
-
 /** The same calls on a fresh nbd-ts handle (closed afterwards, so that a server sees one client at a time). */
 function ours(ops: Op[]): Result[] {
   const h = create()!;
-  const out = ops.map(([name, ...args]): Result => {
-    const ret = (h as unknown as Record<string, (...a: unknown[]) => unknown>)[camel(name)]!(...args);
-    if (ret === -1 || ret === -1n || ret === null) return { err: getError(), errno: getErrno() };
-    return { ok: typeof ret === "bigint" ? Number(ret) : ret };
-  });
+  const out = ops.map((op) => call(h, op));
   h.close();
   return out;
 }
@@ -85,7 +58,7 @@ const libnbdText = (r: Result): Result =>
 /** Runs each list of calls on nbd-ts and on libnbd 1.14 and asserts the same results. */
 function sameAsLibnbd(runs: Op[][]): Result[][] {
   const mine = runs.map((ops) => ours(ops).map(libnbdText));
-  const theirs = python(runs);
+  const theirs = python<Result[][]>(PY, runs);
   runs.forEach((ops, i) => assert.equal(mine[i], theirs[i], `nbd-ts vs libnbd 1.14: ${JSON.stringify(ops)}`));
   return mine;
 }

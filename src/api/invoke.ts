@@ -139,14 +139,15 @@ export async function invoke(
 ): Promise<Outcome> {
   const call: Call = API[name];
   const context = cName(name, call);
-  if (conn.debug) conn.log(context, `enter: ${trace(call, args)}`);
+  if (conn.debug) conn.log(context, `enter:${trace(call, args)}`);
   try {
     checkState(conn, call);
     const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
     const ret = success(call.ret, await impl.apply(conn, values));
-    if (conn.debug) conn.log(context, `leave: ret=${String(ret)}`);
+    // A string that the caller owns is quoted, a static one is not (libnbd's RString, RStaticString).
+    if (conn.debug) conn.log(context, `leave: ret=${call.ret === "string" ? `"${String(ret)}"` : String(ret)}`);
     return withEvents(conn, { ret });
   } catch (e) {
     const err = asNbdError(e, errnoOf(e, errno.EIO));
@@ -158,15 +159,16 @@ export async function invoke(
   }
 }
 
-/** The arguments of a call as libnbd's debug trace shows them ("enter: count=512 offset=0 flags=0x0"). */
+/** The arguments of a call as libnbd's debug trace shows them (" count=512 offset=0 flags=0x0"; "" for none). */
 function trace(call: Call, args: readonly unknown[]): string {
   return [...call.args, ...(call.optargs ?? [])].map((arg, i) => {
     const v = args[i];
     if (arg.kind.startsWith("bytes")) return `${arg.name}=<buf> count=${v instanceof Uint8Array ? v.byteLength : "?"}`;
     if (arg.kind === "closure") return `${arg.name}=<fun>`;
     if (arg.kind === "flags") return `${arg.name}=0x${typeof v === "number" ? v.toString(16) : "0"}`;
+    if (arg.kind === "bool") return `${arg.name}=${v ? "true" : "false"}`;
     return `${arg.name}=${typeof v === "string" ? `"${v}"` : Array.isArray(v) ? `[${v.map((x) => `"${x}"`).join(", ")}]` : String(v)}`;
-  }).join(" ");
+  }).map((item) => " " + item).join("");
 }
 
 /** Callback calls made since the last call (this one's, or completions of earlier ones) go back with it. */

@@ -152,6 +152,7 @@ export const API = {
   zero: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)], ret: "err", states: connected, since: "1.0", summary: "send write zeroes command to the NBD server" },
   blockStatus: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", since: "1.0", summary: "send block status command, with 32 bit callback" },
   blockStatus64: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent64")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "err", states: connected, issues: "block-status", c: "block_status_64", since: "1.18", summary: "send block status command, with 64 bit callback" },
+  blockStatusFilter: { args: [UInt64("count"), UInt64("offset"), StringList("contexts"), Closure("extent64", "extent64")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE | CMD_FLAG_PAYLOAD_LEN)], ret: "err", states: connected, issues: "block-status", since: "1.18", summary: "send filtered block status command, with 64-bit callback" },
   shutdown: { args: [], optargs: [Flags("flags", shutdownFlags)], ret: "err", states: ["negotiating", "connected"], since: "1.0", summary: "disconnect from the NBD server" },
 
   // ---- aio: commands that return a cookie at once ----------------------------------
@@ -164,6 +165,7 @@ export const API = {
   aioZero: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)], ret: "cookie", states: connected, issues: "write-zeroes", since: "1.0", summary: "send write zeroes command to the NBD server" },
   aioBlockStatus: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "cookie", states: connected, issues: "block-status", since: "1.0", summary: "send block status command, with 32 bit callback" },
   aioBlockStatus64: { args: [UInt64("count"), UInt64("offset"), Closure("extent", "extent64")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE)], ret: "cookie", states: connected, issues: "block-status", c: "aio_block_status_64", since: "1.18", summary: "send block status command, with 64 bit callback" },
+  aioBlockStatusFilter: { args: [UInt64("count"), UInt64("offset"), StringList("contexts"), Closure("extent64", "extent64")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_REQ_ONE | CMD_FLAG_PAYLOAD_LEN)], ret: "cookie", states: connected, issues: "block-status", since: "1.18", summary: "send filtered block status command to the NBD server" },
   aioDisconnect: { args: [], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "disconnect from the NBD server" },
 
   // ---- aio: the event loop ------------------------------------------------------
