@@ -87,7 +87,7 @@ export function fakeServer(script: Script = {}): string[] {
 
 // ---- encoders for the server's side of the wire ------------------------------------
 
-function cat(...parts: Uint8Array[]): Uint8Array {
+export function cat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
   for (const p of parts) {

@@ -20,7 +20,7 @@ import { errnoOfNbdError } from "../src/protocol/transmission.js";
 import type { Command } from "../src/client/command.js";
 import { NbdError } from "../src/client/error.js";
 import { ReplyParser, type ReplyHost } from "../src/client/replies.js";
-import { chunk, errorPayload, offsetDataPayload, offsetHolePayload, simpleReply } from "./fake-server.js";
+import { cat, chunk, errorPayload, offsetDataPayload, offsetHolePayload, simpleReply } from "./fake-server.js";
 
 const CASES = Number(process.env.FUZZ_CASES) || 10000;
 const SEED = Number(process.env.FUZZ_SEED) || 0x5eed;
@@ -169,17 +169,7 @@ function interleave(queues: Uint8Array[][], r: Rand): Uint8Array {
     if (!nonEmpty.length) break;
     out.push(r.pick(nonEmpty).shift()!);
   }
-  return cat(out);
-}
-
-function cat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
+  return cat(...out);
 }
 
 // ---- mutations -----------------------------------------------------------------------------
@@ -206,13 +196,13 @@ function mutate(stream: Uint8Array, r: Rand): Uint8Array {
         break;
       }
       case 3: // delete a range
-        s = cat([s.subarray(0, at), s.subarray(Math.min(s.byteLength, at + 1 + r(40)))]);
+        s = cat(...[s.subarray(0, at), s.subarray(Math.min(s.byteLength, at + 1 + r(40)))]);
         break;
       case 4: // insert random bytes
-        s = cat([s.subarray(0, at), randomBytes(r, 1 + r(24)), s.subarray(at)]);
+        s = cat(...[s.subarray(0, at), randomBytes(r, 1 + r(24)), s.subarray(at)]);
         break;
       case 5: // repeat a range (a duplicated chunk, a replayed reply)
-        s = cat([s.subarray(0, at), s.subarray(at, at + 1 + r(200)), s.subarray(at)]);
+        s = cat(...[s.subarray(0, at), s.subarray(at, at + 1 + r(200)), s.subarray(at)]);
         break;
       case 6: // truncate
         s = s.subarray(0, at);
@@ -382,7 +372,7 @@ test("the fuzzer itself: valid streams parse cleanly, mutated ones reach fatal()
       cookie: 7, type: Cmd.READ, flags: 0, offset: 4096n, count: 100, error: 0, seen: 0, wantError: 0, at: GUARD_LEN,
       buf: new Uint8Array(100), settle: () => {},
     };
-    const bytes = mutate(cat(replyFor(c, sr, r)), r);
+    const bytes = mutate(cat(...replyFor(c, sr, r)), r);
     let fatal = false;
     let done = false;
     const parser = new ReplyParser({
@@ -420,7 +410,7 @@ test("a known stream: two reads interleaved, split byte by byte, fill their buff
     retire: (cmd) => { order.push(cmd.cookie); cmds.delete(cmd.cookie); },
     fatal: (err) => assert.unreachable(err.message),
   });
-  const stream = cat([
+  const stream = cat(...[
     chunk(1n, Chunk.OFFSET_DATA, offsetDataPayload(108n, new Uint8Array(8).fill(1)), { flags: 0 }),
     chunk(2n, Chunk.OFFSET_HOLE, offsetHolePayload(0n, 8)),
     chunk(1n, Chunk.OFFSET_DATA, offsetDataPayload(100n, new Uint8Array(8).fill(2))),
