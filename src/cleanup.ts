@@ -17,12 +17,17 @@ export function track(owner: unknown, leftover: Leftover | undefined): void {
   leftovers.set(owner, leftover);
   if (hooked) return;
   hooked = true;
-  process.once("exit", () => {
-    for (const { pid, dir } of leftovers.values()) {
-      try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  process.once("exit", () => stopAll(() => true));
+}
+
+/** Stops what the matching owners started (by default: the worker's handles, known by their numeric ids). */
+export function stopAll(which: (owner: unknown) => boolean = (owner) => typeof owner === "number"): void {
+  for (const [owner, { pid, dir }] of leftovers) {
+    if (!which(owner)) continue;
+    try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    leftovers.delete(owner);
+  }
 }
 
 export function untrack(owner: unknown): void {

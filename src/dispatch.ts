@@ -42,6 +42,8 @@ function lengthOnly(n: number): Uint8Array {
 }
 
 export async function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Promise<Reply> {
+  // A worker crash on demand, for the tests of what a crash does (never otherwise).
+  if (name === "__exit__" && process.env.NBD_TS_TEST_HOOKS === "1") process.exit(70);
   if (name === "create") {
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment

@@ -9,7 +9,7 @@ import { API, type CallName, type HandleMethods } from "./api/table.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
 import { Callbacks } from "./callbacks.js";
-import { bridgeErrno, cross } from "./bridge.js";
+import { bridgeErrno, cross, workerGeneration } from "./bridge.js";
 import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
@@ -24,6 +24,8 @@ interface Slot {
   /** Callbacks the worker may call. */
   callbacks: Callbacks;
   closed: boolean;
+  /** The worker that runs it; if that worker died, so did the handle. */
+  readonly generation: number;
 }
 
 const slots = new WeakMap<Handle, Slot>();
@@ -37,6 +39,7 @@ export class Handle {
   constructor(id: number) {
     slots.set(this, {
       id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Callbacks(),
+      generation: workerGeneration(),
     });
   }
 
@@ -49,6 +52,7 @@ export class Handle {
     const slot = slots.get(this);
     if (!slot || slot.closed) return;
     slot.closed = true;
+    if (slot.generation !== workerGeneration()) return untrack(slot.id); // its worker is gone, and its servers with it
     const reply = cross(slot.id, "close", [], {});
     if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
     untrack(slot.id);
@@ -62,6 +66,7 @@ export class Handle {
 export interface Handle extends HandleMethods {}
 
 const closedError = new NbdError(errno.EINVAL, "invalid state: the handle has been closed");
+const workerDied = new NbdError(errno.EINVAL, "invalid state: DEAD: the worker thread that ran this handle died");
 
 function fail(call: Call, message: string, errnum: number): ReturnType<typeof errorValue> {
   setError(message, errnum);
@@ -112,6 +117,11 @@ function method(name: CallName, call: Call) {
   return function (this: Handle, ...args: unknown[]): unknown {
     const slot = slots.get(this);
     if (!slot || slot.closed) return fail(call, closedError.format(context), closedError.errno);
+    if (slot.generation !== workerGeneration()) {
+      // Its worker died: the handle is DEAD, as libnbd's after a fatal error.
+      if (name.startsWith("aioIs")) return name === "aioIsDead" ? 1 : 0;
+      return fail(call, workerDied.format(context), workerDied.errno);
+    }
     const extra: Extra = {};
     const user = args[bytes];
     const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
