@@ -63,6 +63,8 @@ export const API = {
   getHandshakeFlags: { args: [], ret: "uint", mayFail: false, since: "1.2", summary: "see which handshake flags are supported" },
   setPreadInitialize: { args: [Bool("request")], ret: "err", since: "1.12", summary: "control whether libnbd pre-initializes read buffers" },
   getPreadInitialize: { args: [], ret: "bool", mayFail: false, since: "1.12", summary: "see whether libnbd pre-initializes read buffers" },
+  setTimeout: { args: [Int("ms")], ret: "err", c: "set_timeout", since: "nbd-ts", summary: "nbd-ts extension: fail blocking calls that wait longer than ms milliseconds (0: wait forever, the default)" },
+  getTimeout: { args: [], ret: "int", mayFail: false, c: "get_timeout", since: "nbd-ts", summary: "nbd-ts extension: the timeout set by set_timeout (0: none)" },
   setStrictMode: { args: [Flags("flags", strictFlags)], ret: "err", since: "1.6", summary: "control how strictly to follow NBD protocol" },
   getStrictMode: { args: [], ret: "uint", mayFail: false, since: "1.6", summary: "see which strictness flags are in effect" },
   setSocketActivationName: { args: [Str("socket_name")], ret: "err", states: created, since: "1.16", summary: "set the socket activation name" },

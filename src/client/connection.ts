@@ -194,6 +194,21 @@ export class Connection {
   setPreadInitialize(request: boolean): void { this.preadInitialize = request; }
   getPreadInitialize(): boolean { return this.preadInitialize; }
   setStrictMode(flags: number): void { this.strict = flags; }
+
+  /** Milliseconds a call may wait on the server; 0 for ever (libnbd has no such limit). */
+  timeout = 0;
+  setTimeout(ms: number): void {
+    if (ms < 0) throw new NbdError(errno.EINVAL, `invalid timeout: ${ms}`);
+    this.timeout = ms;
+  }
+  getTimeout(): number { return this.timeout; }
+
+  /** A call ran out of time: the handle dies with ETIMEDOUT, which the call reports. */
+  expire(ms: number): NbdError {
+    const err = new NbdError(errno.ETIMEDOUT, `timed out after ${ms} ms waiting for the server`);
+    this.#die(err);
+    return err;
+  }
   getStrictMode(): number { return this.strict; }
 
   setSocketActivationName(name: string): void {
