@@ -134,15 +134,18 @@ function checkState(conn: Connection, call: Call): void {
   );
 }
 
+/** What every call needs, worked out once rather than on each call: its C name and all its arguments. */
+const entries = new Map(Object.entries(API).map(([name, call]: [string, Call]) =>
+  [name, { call, context: cName(name, call), all: [...call.args, ...(call.optargs ?? [])] }]));
+
 export async function invoke(
   conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
 ): Promise<Outcome> {
-  const call: Call = API[name];
-  const context = cName(name, call);
+  const { call, context, all } = entries.get(name)!;
   if (conn.debug) conn.log(context, `enter:${trace(call, args)}`);
   try {
     checkState(conn, call);
-    const values = [...call.args, ...(call.optargs ?? [])].map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
+    const values = all.map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
     const ret = success(call.ret, await withTimeout(conn, impl.apply(conn, values)));
