@@ -1,12 +1,26 @@
 /**
  * What a test may not leave behind: a live nbdkit, qemu-nbd or nbd-server
  * process, or a socket dir of ours in /tmp. Zombies do not count: they are
- * gone processes waiting for a parent that no longer runs.
+ * gone processes waiting for a parent that no longer runs. When the runner
+ * tags its children's environment (RUN_TAG), only servers carrying the tag
+ * count, so that test runs side by side do not blame each other.
  */
 import { readdirSync, readFileSync } from "node:fs";
 
 const SERVERS = new Set(["nbdkit", "qemu-nbd", "nbd-server"]);
 const OUR_DIRS = /^nbd-ts-/;
+export const RUN_TAG = "NBD_TS_TEST_RUN";
+
+/** Whether the process carries this run's tag (every server inherits it, daemonized or not). */
+function ours(pid: string): boolean {
+  const tag = process.env[RUN_TAG];
+  if (!tag) return true;
+  try {
+    return readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").includes(`${RUN_TAG}=${tag}`);
+  } catch {
+    return false;
+  }
+}
 
 export interface Snapshot { pids: Set<number>; dirs: Set<string> }
 
@@ -19,7 +33,7 @@ export function servers(): Map<number, string> {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
       const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-      if (SERVERS.has(name) && state !== "Z") found.set(Number(entry), name);
+      if (SERVERS.has(name) && state !== "Z" && ours(entry)) found.set(Number(entry), name);
     } catch { /* the process ended while we looked */ }
   }
   return found;

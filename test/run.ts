@@ -6,8 +6,9 @@
 import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { leftovers, snapshot } from "./leaks.js";
+import { RUN_TAG, leftovers, snapshot } from "./leaks.js";
 
+process.env[RUN_TAG] ??= String(process.pid);
 const dir = fileURLToPath(new URL(".", import.meta.url));
 const only = process.argv.slice(2);
 const files = readdirSync(dir)
