@@ -56,7 +56,7 @@ const either = (words: readonly string[], joiner = "or"): string =>
 
 /** A sentence: capitalised, with a full stop unless it asks. */
 const sentence = (s: string): string => {
-  const t = s.charAt(0).toUpperCase() + s.slice(1);
+  const t = s.startsWith("nbd-ts") ? s : s.charAt(0).toUpperCase() + s.slice(1);
   return /[.?]$/.test(t) ? t : `${t}.`;
 };
 
@@ -249,7 +249,10 @@ export function describe(key: string, call: Call, mode: Mode): Described {
     return { name: arg.name, optional, type: tsType(arg), text: paramText(arg, mode, optional) };
   });
   const grouped = new Map<ErrnoName, string[]>();
-  for (const [errno, why] of [...stateErrors(call), ...argErrors(call, optargs), ...(call.errors ?? [])]) {
+  // The entry's own causes name arguments bare ("argv is empty"): mark them as code, as the derived ones are.
+  const own = (call.errors ?? []).map(([errno, why]): [ErrnoName, string] =>
+    [errno, params.reduce((w, p) => w.replace(new RegExp(`^${p.name}\\b`), code(p.name)), why)]);
+  for (const [errno, why] of [...stateErrors(call), ...argErrors(call, optargs), ...own]) {
     const list = grouped.get(errno) ?? [];
     if (!list.includes(why)) list.push(why);
     grouped.set(errno, list);

@@ -124,7 +124,10 @@ function callEntry(d: Described): string[] {
   ];
   if (d.params.length) {
     lines.push("Arguments:", "");
-    for (const p of d.params) lines.push(`- \`${p.name}\` (\`${p.type}\`${p.optional ? ", optional" : ""}): ${p.text}`);
+    for (const p of d.params) {
+      const type = p.type.startsWith("Shapes[") ? "function" : p.type; // Shapes is not exported
+      lines.push(`- \`${p.name}\` (\`${type}\`${p.optional ? ", optional" : ""}): ${p.text}`);
+    }
     lines.push("");
   }
   lines.push(`Returns ${d.returns}.`, "");

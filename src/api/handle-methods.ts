@@ -163,7 +163,7 @@ export interface HandleMethods {
    *   - the handle is connecting, connected with the server, closed (shut down) or dead
    *   - `export_name` is not a string, or has a NUL byte
    * - `EFAULT`: `export_name` is null or undefined
-   * - `ENAMETOOLONG`: export_name is longer than 4096 bytes
+   * - `ENAMETOOLONG`: `export_name` is longer than 4096 bytes
    *
    * @param export_name - the export's name (at most 4096 bytes)
    * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
@@ -284,14 +284,14 @@ export interface HandleMethods {
   getPreadInitialize(): number;
 
   /**
-   * Nbd-ts extension: fail blocking calls that wait longer than ms milliseconds (0: wait forever, the default).
+   * nbd-ts extension: fail blocking calls that wait longer than ms milliseconds (0: wait forever, the default).
    *
    * `nbd_set_timeout`, nbd-ts (not in libnbd). Permitted in any state.
    *
    * Fails with (`getErrno()`):
    * - `EINVAL`:
    *   - `ms` is not an integer from -2^31+1 to 2^31-1
-   *   - ms is negative
+   *   - `ms` is negative
    *
    * @param ms - the limit in milliseconds; 0 turns it off
    * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
@@ -299,7 +299,7 @@ export interface HandleMethods {
   setTimeout(ms: number): number;
 
   /**
-   * Nbd-ts extension: the timeout set by set_timeout (0: none).
+   * nbd-ts extension: the timeout set by set_timeout (0: none).
    *
    * `nbd_get_timeout`, nbd-ts (not in libnbd). Permitted in any state.
    *
@@ -340,9 +340,9 @@ export interface HandleMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `socket_name` is not a string, or has a NUL byte
-   *   - socket_name has a character that is not an ASCII letter or digit
+   *   - `socket_name` has a character that is not an ASCII letter or digit
    * - `EFAULT`: `socket_name` is null or undefined
-   * - `ENAMETOOLONG`: socket_name is longer than 32 characters
+   * - `ENAMETOOLONG`: `socket_name` is longer than 32 characters
    *
    * @param socket_name - the name the server finds in LISTEN_FDNAMES
    * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
@@ -579,7 +579,7 @@ export interface HandleMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `argv` is not an array of strings, or one has a NUL byte
-   *   - argv is empty
+   *   - `argv` is empty
    * - `EFAULT`: `argv` is null or undefined
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
@@ -602,7 +602,7 @@ export interface HandleMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `argv` is not an array of strings, or one has a NUL byte
-   *   - argv is empty
+   *   - `argv` is empty
    * - `EFAULT`: `argv` is null or undefined
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
@@ -637,7 +637,7 @@ export interface HandleMethods {
    * Fails with (`getErrno()`):
    * - `EINVAL`:
    *   - `signum` is not an integer from -2^31+1 to 2^31-1
-   *   - signum is negative
+   *   - `signum` is negative
    * - `ESRCH`: the handle did not start a server (connect_command, connect_systemd_socket_activation)
    *
    * @param signum - the signal to send (0 sends SIGTERM)
@@ -703,7 +703,7 @@ export interface HandleMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `uri` is not a string, or has a NUL byte
-   *   - uri does not parse as an NBD URI
+   *   - `uri` does not parse as an NBD URI
    * - `EFAULT`: `uri` is null or undefined
    * - `EPERM`: the URI asks for a transport, TLS setting or local file that set_uri_allow_* forbids
    * - `ENOTSUP`:
@@ -767,8 +767,8 @@ export interface HandleMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `sock` is not an integer from -2^31+1 to 2^31-1
-   * - `EBADF`: sock is not an open file descriptor
-   * - `ENOTSOCK`: sock is not a socket
+   * - `EBADF`: `sock` is not an open file descriptor
+   * - `ENOTSOCK`: `sock` is not a socket
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
    * - `ENOTSUP`: the server refused an option the handle needs, or TLS_REQUIRE is set and TLS cannot be had
@@ -988,7 +988,7 @@ export interface HandleMethods {
    *   - the handle is connecting, connected with the server, closed (shut down) or dead
    *   - `name` is not a string, or has a NUL byte
    * - `EFAULT`: `name` is null or undefined
-   * - `ENAMETOOLONG`: name is longer than 4096 bytes
+   * - `ENAMETOOLONG`: `name` is longer than 4096 bytes
    *
    * @param name - a meta context name, such as CONTEXT_BASE_ALLOCATION
    * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
@@ -1014,7 +1014,7 @@ export interface HandleMethods {
    * Fails with (`getErrno()`):
    * - `EINVAL`:
    *   - `i` is not an integer from 0 to 2^64-1
-   *   - i is not below get_nr_meta_contexts()
+   *   - `i` is not below get_nr_meta_contexts()
    *
    * @param i - which request, counting from 0 (a `number` or `bigint`, 0 to 2^64-1)
    * @returns a string, or `null` on failure, with the reason in `getError()` and `getErrno()`
@@ -1454,7 +1454,7 @@ export interface HandleMethods {
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
-   *   - buf is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
+   *   - `buf` is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
@@ -1512,7 +1512,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1543,7 +1543,7 @@ export interface HandleMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1575,7 +1575,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1609,7 +1609,7 @@ export interface HandleMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1644,7 +1644,7 @@ export interface HandleMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1685,7 +1685,7 @@ export interface HandleMethods {
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
    *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1803,7 +1803,7 @@ export interface HandleMethods {
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
-   *   - buf is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
+   *   - `buf` is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
    *
@@ -1859,7 +1859,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1889,7 +1889,7 @@ export interface HandleMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1920,7 +1920,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1952,7 +1952,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1985,7 +1985,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -2024,7 +2024,7 @@ export interface HandleMethods {
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
    *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -2082,7 +2082,7 @@ export interface HandleMethods {
    *   - `fd` is not an integer from -2^31+1 to 2^31-1
    *   - `timeout` is not an integer from -2^31+1 to 2^31-1
    *   - there is nothing to wait for (the handle is created, closed or dead)
-   * - `ENOTSUP`: fd is not -1 (the socket lives in nbd-ts's worker thread)
+   * - `ENOTSUP`: `fd` is not -1 (the socket lives in nbd-ts's worker thread)
    *
    * @param fd - must be -1: the socket lives in nbd-ts's worker thread
    * @param timeout - how long to wait, in milliseconds: -1 waits as long as it takes, 0 not at all
@@ -2099,7 +2099,7 @@ export interface HandleMethods {
    * Fails with (`getErrno()`):
    * - `EINVAL`:
    *   - `cookie` is not an integer from 0 to 2^64-1
-   *   - cookie is below 1
+   *   - `cookie` is below 1
    * - `EIO`: the command failed: the server's errno, ENOTCONN if the connection ended first, or what a callback set
    *
    * @param cookie - the cookie an aio call returned (a `number` or `bigint`, 0 to 2^64-1)
@@ -2414,7 +2414,7 @@ export interface AsyncMethods {
    *   - the handle is connecting, connected with the server, closed (shut down) or dead
    *   - `export_name` is not a string, or has a NUL byte
    * - `EFAULT`: `export_name` is null or undefined
-   * - `ENAMETOOLONG`: export_name is longer than 4096 bytes
+   * - `ENAMETOOLONG`: `export_name` is longer than 4096 bytes
    *
    * @param export_name - the export's name (at most 4096 bytes)
    * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
@@ -2535,14 +2535,14 @@ export interface AsyncMethods {
   getPreadInitialize(): Promise<number>;
 
   /**
-   * Nbd-ts extension: fail blocking calls that wait longer than ms milliseconds (0: wait forever, the default).
+   * nbd-ts extension: fail blocking calls that wait longer than ms milliseconds (0: wait forever, the default).
    *
    * `nbd_set_timeout`, nbd-ts (not in libnbd). Permitted in any state.
    *
    * Rejects with (`NbdError.errno`, `.code`):
    * - `EINVAL`:
    *   - `ms` is not an integer from -2^31+1 to 2^31-1
-   *   - ms is negative
+   *   - `ms` is negative
    *
    * @param ms - the limit in milliseconds; 0 turns it off
    * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
@@ -2550,7 +2550,7 @@ export interface AsyncMethods {
   setTimeout(ms: number): Promise<number>;
 
   /**
-   * Nbd-ts extension: the timeout set by set_timeout (0: none).
+   * nbd-ts extension: the timeout set by set_timeout (0: none).
    *
    * `nbd_get_timeout`, nbd-ts (not in libnbd). Permitted in any state.
    *
@@ -2591,9 +2591,9 @@ export interface AsyncMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `socket_name` is not a string, or has a NUL byte
-   *   - socket_name has a character that is not an ASCII letter or digit
+   *   - `socket_name` has a character that is not an ASCII letter or digit
    * - `EFAULT`: `socket_name` is null or undefined
-   * - `ENAMETOOLONG`: socket_name is longer than 32 characters
+   * - `ENAMETOOLONG`: `socket_name` is longer than 32 characters
    *
    * @param socket_name - the name the server finds in LISTEN_FDNAMES
    * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
@@ -2830,7 +2830,7 @@ export interface AsyncMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `argv` is not an array of strings, or one has a NUL byte
-   *   - argv is empty
+   *   - `argv` is empty
    * - `EFAULT`: `argv` is null or undefined
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
@@ -2853,7 +2853,7 @@ export interface AsyncMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `argv` is not an array of strings, or one has a NUL byte
-   *   - argv is empty
+   *   - `argv` is empty
    * - `EFAULT`: `argv` is null or undefined
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
@@ -2888,7 +2888,7 @@ export interface AsyncMethods {
    * Rejects with (`NbdError.errno`, `.code`):
    * - `EINVAL`:
    *   - `signum` is not an integer from -2^31+1 to 2^31-1
-   *   - signum is negative
+   *   - `signum` is negative
    * - `ESRCH`: the handle did not start a server (connect_command, connect_systemd_socket_activation)
    *
    * @param signum - the signal to send (0 sends SIGTERM)
@@ -2954,7 +2954,7 @@ export interface AsyncMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `uri` is not a string, or has a NUL byte
-   *   - uri does not parse as an NBD URI
+   *   - `uri` does not parse as an NBD URI
    * - `EFAULT`: `uri` is null or undefined
    * - `EPERM`: the URI asks for a transport, TLS setting or local file that set_uri_allow_* forbids
    * - `ENOTSUP`:
@@ -3018,8 +3018,8 @@ export interface AsyncMethods {
    * - `EINVAL`:
    *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
    *   - `sock` is not an integer from -2^31+1 to 2^31-1
-   * - `EBADF`: sock is not an open file descriptor
-   * - `ENOTSOCK`: sock is not a socket
+   * - `EBADF`: `sock` is not an open file descriptor
+   * - `ENOTSOCK`: `sock` is not a socket
    * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
    * - `ENOENT`: the server has no export by the name set_export_name gave
    * - `ENOTSUP`: the server refused an option the handle needs, or TLS_REQUIRE is set and TLS cannot be had
@@ -3239,7 +3239,7 @@ export interface AsyncMethods {
    *   - the handle is connecting, connected with the server, closed (shut down) or dead
    *   - `name` is not a string, or has a NUL byte
    * - `EFAULT`: `name` is null or undefined
-   * - `ENAMETOOLONG`: name is longer than 4096 bytes
+   * - `ENAMETOOLONG`: `name` is longer than 4096 bytes
    *
    * @param name - a meta context name, such as CONTEXT_BASE_ALLOCATION
    * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
@@ -3265,7 +3265,7 @@ export interface AsyncMethods {
    * Rejects with (`NbdError.errno`, `.code`):
    * - `EINVAL`:
    *   - `i` is not an integer from 0 to 2^64-1
-   *   - i is not below get_nr_meta_contexts()
+   *   - `i` is not below get_nr_meta_contexts()
    *
    * @param i - which request, counting from 0 (a `number` or `bigint`, 0 to 2^64-1)
    * @returns a promise of a string; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
@@ -3705,7 +3705,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
-   *   - buf is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
+   *   - `buf` is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
@@ -3763,7 +3763,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3794,7 +3794,7 @@ export interface AsyncMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3826,7 +3826,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3860,7 +3860,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3895,7 +3895,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3936,7 +3936,7 @@ export interface AsyncMethods {
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
    *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -4054,7 +4054,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
-   *   - buf is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
+   *   - `buf` is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
    *
@@ -4110,7 +4110,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4140,7 +4140,7 @@ export interface AsyncMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4171,7 +4171,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4203,7 +4203,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4236,7 +4236,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4275,7 +4275,7 @@ export interface AsyncMethods {
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
    *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: count is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4333,7 +4333,7 @@ export interface AsyncMethods {
    *   - `fd` is not an integer from -2^31+1 to 2^31-1
    *   - `timeout` is not an integer from -2^31+1 to 2^31-1
    *   - there is nothing to wait for (the handle is created, closed or dead)
-   * - `ENOTSUP`: fd is not -1 (the socket lives in nbd-ts's worker thread)
+   * - `ENOTSUP`: `fd` is not -1 (the socket lives in nbd-ts's worker thread)
    *
    * @param fd - must be -1: the socket lives in nbd-ts's worker thread
    * @param timeout - how long to wait, in milliseconds: -1 waits as long as it takes, 0 not at all
@@ -4350,7 +4350,7 @@ export interface AsyncMethods {
    * Rejects with (`NbdError.errno`, `.code`):
    * - `EINVAL`:
    *   - `cookie` is not an integer from 0 to 2^64-1
-   *   - cookie is below 1
+   *   - `cookie` is below 1
    * - `EIO`: the command failed: the server's errno, ENOTCONN if the connection ended first, or what a callback set
    *
    * @param cookie - the cookie an aio call returned (a `number` or `bigint`, 0 to 2^64-1)
