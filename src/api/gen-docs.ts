@@ -17,8 +17,8 @@ import { CONSTANT_GROUPS, SECTIONS, sectionOf } from "./sections.js";
 import { API, HANDWRITTEN } from "./table.js";
 import type { Call } from "./types.js";
 
-/** The package's root, from dist/src/api/ (compiled) or src/api/. */
-export const ROOT = fileURLToPath(new URL(import.meta.url.includes("/dist/") ? "../../../" : "../../", import.meta.url));
+/** The package's root: this runs compiled, from dist/src/api/. */
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const METHODS_FILE = "src/api/handle-methods.ts";
 export const PAGE_FILE = "docs/api.md";
 
