@@ -92,10 +92,6 @@ export class Session extends Settings {
     },
   };
 
-  constructor(id: number) {
-    super(id);
-  }
-
   emit(event: Event): void { this.events.push(event); }
 
   drainEvents(): Event[] {
