@@ -4,7 +4,8 @@
  * DEAD). The option calls (negotiation.ts) and commands (commands.ts)
  * build on it.
  */
-import { Socket } from "node:net";
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { TLS_DISABLE, TLS_REQUIRE } from "../constants.js";
 import { errno, errnoOf } from "../errno.js";
 import type { State } from "../api/types.js";
@@ -261,7 +262,10 @@ export class Session extends Settings {
     socket.on("error", (e: NodeJS.ErrnoException) => {
       if (!current()) return;
       const send = e.code === "EPIPE";
-      this.lost(new NbdError(errnoOf(e), send ? "send" : "recv"), false, send);
+      const what = send ? "send" : "recv";
+      // Under TLS libnbd's errors are GnuTLS's, with errno 0: the reason is in the text.
+      const tls = (socket as TLSSocket).encrypted === true;
+      this.lost(tls ? new NbdError(0, `${what}: TLS: ${e.message}`) : new NbdError(errnoOf(e), what), false, send);
     });
     socket.on("end", () => current() && this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
     socket.on("close", () => current() && this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));

@@ -96,11 +96,21 @@ function loadDir(dir: string): ConnectionOptions | undefined {
   return options;
 }
 
+/** Where distributions keep the system's trusted CAs (GnuTLS's system trust). */
+const SYSTEM_CA_FILES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/** libnbd's fallback, the system's CAs; node's own bundle where there is no system file. */
+function systemCas(): ConnectionOptions {
+  const file = SYSTEM_CA_FILES.find(readable);
+  return file !== undefined ? { ca: pem(file) } : {};
+}
+
 /**
  * X.509: the first certificates directory that exists, else the system's
  * CAs. The server is verified (chain and name) when verify_peer is on and a
  * hostname is known, as libnbd verifies it; with no hostname (a Unix socket
  * without set_tls_hostname) libnbd checks nothing, and neither does this.
+ * (Against the system's CAs libnbd checks nothing either; this does.)
  */
 function x509(config: TlsConfig): ConnectionOptions {
   let options: ConnectionOptions | undefined;
@@ -108,7 +118,7 @@ function x509(config: TlsConfig): ConnectionOptions {
     options = loadDir(dir);
     if (options) break;
   }
-  options ??= {}; // node's bundled and the system's CAs (libnbd: gnutls_certificate_set_x509_system_trust)
+  options ??= systemCas();
   const host = config.hostname;
   if (config.verifyPeer && host !== undefined) {
     options.checkServerIdentity = (_name, cert) => checkServerIdentity(host, cert);
