@@ -100,7 +100,7 @@ export class Negotiation extends Session {
    */
   async optStarttls(): Promise<boolean> {
     const neg = this.fixedNewstyle();
-    return this.exchange(() => this.starttls(neg));
+    return (await this.exchange(() => this.starttls(neg))) === 0;
   }
 
   async optStructuredReply(): Promise<boolean> {

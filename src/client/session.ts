@@ -146,14 +146,16 @@ export class Session extends Settings {
   }
 
   /**
-   * NBD_OPT_STARTTLS, then the TLS handshake over the same socket: true once
-   * TLS is up, false if the server refused and the connection goes on in
-   * plaintext. Under REQUIRE a refusal sends NBD_OPT_ABORT and ends the
-   * connection (CLOSED in opt mode, else DEAD, as libnbd's PREPARE_OPT_ABORT).
+   * NBD_OPT_STARTTLS, then the TLS handshake over the same socket: 0 once
+   * TLS is up, else the errno of the server's refusal (what an option's
+   * completion callback gets), and the connection goes on in plaintext.
+   * Under REQUIRE a refusal sends NBD_OPT_ABORT and ends the connection
+   * (CLOSED in opt mode, else DEAD, as libnbd's PREPARE_OPT_ABORT).
    */
-  protected async starttls(neg: Negotiator): Promise<boolean> {
-    if (await neg.starttls()) {
-      if (this.tls !== TLS_REQUIRE) return false;
+  protected async starttls(neg: Negotiator): Promise<number> {
+    const refused = await neg.starttls();
+    if (refused) {
+      if (this.tls !== TLS_REQUIRE) return refused;
       neg.abort();
       if (this.optMode) {
         this.phase = "CLOSED";
@@ -176,7 +178,7 @@ export class Session extends Settings {
     this.watch(socket);
     await ready;
     this.tlsNegotiated = true;
-    return true;
+    return 0;
   }
 
   /** Unset, it is the host name the connection was made to (libnbd 1.22). */
