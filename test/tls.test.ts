@@ -72,8 +72,11 @@ run("psktool", ["-u", "alice", "-p", WRONG_PSK]);
 
 const MiB = 1024 * 1024;
 const disk = () => scratchFile(`disk-${Math.random().toString(36).slice(2)}`, MiB);
-const qemuX509 = ["--object", `tls-creds-x509,id=tls0,dir=${PKI},endpoint=server`, "--tls-creds", "tls0"];
-const qemuPsk = ["--object", `tls-creds-psk,id=tls0,dir=${PSK_DIR},endpoint=server`, "--tls-creds", "tls0"];
+const qemuCreds = (object: string) => ["--object", `${object},id=tls0,endpoint=server`, "--tls-creds", "tls0"];
+const qemuX509 = qemuCreds(`tls-creds-x509,dir=${PKI}`);
+const qemuPsk = qemuCreds(`tls-creds-psk,dir=${PSK_DIR}`);
+/** GnuTLS's priority without TLS 1.3: PSK must use a TLS 1.2 PSK suite. */
+const TLS12 = "priority=NORMAL:-VERS-TLS1.3";
 
 const servers = {
   nbdkitX509: nbdkitTcp("--log=null", "--tls=require", `--tls-certificates=${PKI}`, "memory", "size=1M"),
@@ -82,6 +85,8 @@ const servers = {
   nbdkitPlain: nbdkitTcp("--log=null", "memory", "size=1M"),
   qemuX509: qemuNbdTcp(...qemuX509, "-f", "raw", disk()),
   qemuPsk: qemuNbdTcp(...qemuPsk, "-f", "raw", disk()),
+  qemuX509Tls12: qemuNbdTcp(...qemuCreds(`tls-creds-x509,dir=${PKI},${TLS12}`), "-f", "raw", disk()),
+  qemuPskTls12: qemuNbdTcp(...qemuCreds(`tls-creds-psk,dir=${PSK_DIR},${TLS12}`), "-f", "raw", disk()),
 };
 const port = (name: keyof typeof servers) => String(servers[name].port);
 const pskUnix = nbdkitUnix("--log=null", "--tls=require", `--tls-psk=${PSK}`, "memory", "size=1M");
@@ -155,12 +160,14 @@ test("supports_tls is true; get_tls_negotiated is false before TLS", () => {
 
 // ---- X.509 and PSK against both servers ----------------------------------------------------
 
-test("X.509 and PSK against nbdkit and qemu-nbd: TLS negotiated, writes read back, nbds URI", () => {
+test("X.509 and PSK against nbdkit and qemu-nbd (TLS 1.3, and TLS 1.2 only): TLS negotiated, writes read back, nbds URI", () => {
   const cases = [
     ["nbdkit X.509", "nbdkitX509", x509, `nbds://localhost:${port("nbdkitX509")}/?tls-certificates=${PKI}`],
     ["qemu-nbd X.509", "qemuX509", x509, `nbds://localhost:${port("qemuX509")}/?tls-certificates=${PKI}`],
+    ["qemu-nbd X.509, TLS 1.2", "qemuX509Tls12", x509, `nbds://localhost:${port("qemuX509Tls12")}/?tls-certificates=${PKI}`],
     ["nbdkit PSK", "nbdkitPsk", psk, `nbds://alice@localhost:${port("nbdkitPsk")}/?tls-psk-file=${PSK}`],
     ["qemu-nbd PSK", "qemuPsk", psk, `nbds://alice@localhost:${port("qemuPsk")}/?tls-psk-file=${PSK}`],
+    ["qemu-nbd PSK, TLS 1.2", "qemuPskTls12", psk, `nbds://alice@localhost:${port("qemuPskTls12")}/?tls-psk-file=${PSK}`],
   ] as const;
   for (const [what, server, creds, uri] of cases) {
     const h = newHandle();

@@ -2,7 +2,8 @@
  * The handshake, as libnbd's generator/states-{magic,oldstyle,newstyle*}.c
  * run it, one option exchange per method so that both the automatic connect
  * and opt mode (nbd_opt_*) can drive it: greeting and client flags,
- * NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_{LIST,SET}_META_CONTEXT, NBD_OPT_LIST,
+ * NBD_OPT_STARTTLS (the TLS handshake itself is tls.ts's),
+ * NBD_OPT_STRUCTURED_REPLY, NBD_OPT_{LIST,SET}_META_CONTEXT, NBD_OPT_LIST,
  * NBD_OPT_INFO / NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME) and
  * NBD_OPT_ABORT. Each reads whole messages through the codec and fails with
  * libnbd's message and errno.

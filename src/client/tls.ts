@@ -7,7 +7,6 @@
  */
 import { accessSync, constants, readFileSync } from "node:fs";
 import { isIP, type Socket } from "node:net";
-import { homedir } from "node:os";
 import {
   checkServerIdentity, connect, createSecureContext, type ConnectionOptions, type TLSSocket,
 } from "node:tls";
