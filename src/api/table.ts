@@ -113,6 +113,7 @@ export const API = {
   optListMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "list available meta contexts, using explicit query list" },
   optSetMetaContext: { args: [Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using implicit query list" },
   optSetMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using explicit query list" },
+  optStarttls: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to initiate TLS" },
   optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies" },
 
   // ---- meta contexts and what to request ---------------------------------------

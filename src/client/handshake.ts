@@ -2,6 +2,7 @@
  * The handshake, as libnbd's generator/states-{magic,oldstyle,newstyle*}.c
  * run it, one option exchange per method so that both the automatic connect
  * and opt mode (nbd_opt_*) can drive it: greeting and client flags,
+ * NBD_OPT_STARTTLS (the TLS handshake itself is tls.ts's),
  * NBD_OPT_STRUCTURED_REPLY, NBD_OPT_{LIST,SET}_META_CONTEXT, NBD_OPT_LIST,
  * NBD_OPT_INFO / NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME) and
  * NBD_OPT_ABORT. Each reads whole messages through the codec and fails with
@@ -115,6 +116,21 @@ export class Negotiator {
       throw new ProtocolError(`handshake: unexpected option reply type ${h.type}`);
     }
     return { type: h.type, payload };
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: 0 if the server agreed (the TLS handshake is the
+   * caller's), else the errno opt mode reports. Nothing said in plaintext
+   * counts once TLS starts: the export, structured replies, meta contexts.
+   */
+  async starttls(): Promise<number> {
+    this.#option(Opt.STARTTLS);
+    const { type } = await this.#reply(Opt.STARTTLS);
+    if (type !== Rep.ACK) return type === Rep.ERR_INVALID ? errno.EINVAL : errno.ENOTSUP;
+    this.export = noExport();
+    this.structuredReplies = false;
+    this.metaValid = false;
+    return 0;
   }
 
   /** NBD_OPT_STRUCTURED_REPLY: 0 if the server agreed, else the errno opt mode reports. */

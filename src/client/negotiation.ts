@@ -92,6 +92,17 @@ export class Negotiation extends Session {
     return count;
   }
 
+  /**
+   * NBD_OPT_STARTTLS by hand: true once TLS is up, false if the server
+   * refused. A failed TLS handshake kills the handle. Under REQUIRE (TLS is
+   * already up then) a refusal aborts the connection as the automatic
+   * STARTTLS does; libnbd's opt_starttls asserts in that case.
+   */
+  async optStarttls(): Promise<boolean> {
+    const neg = this.fixedNewstyle();
+    return (await this.exchange(() => this.starttls(neg))) === 0;
+  }
+
   async optStructuredReply(): Promise<boolean> {
     const neg = this.fixedNewstyle();
     return (await this.exchange(() => neg.structuredReply())) === 0;
