@@ -86,11 +86,12 @@ const big = (n: number): bigint => BigInt(n);
 /** The chunks (in order) that answer `c` correctly; sets c.want and c.wantError. */
 function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
   const cookie = big(c.cookie);
+  const count = Number(c.count);
   const failWith = r.chance(0.2) ? r.pick(NBD_ERRORS) : 0;
   if (!sr) {
     c.wantError = failWith ? errnoOfNbdError(failWith) : 0;
     if (c.type === Cmd.READ && !failWith) {
-      const data = randomBytes(r, c.count);
+      const data = randomBytes(r, count);
       c.want = data;
       return [simpleReply(cookie, 0, data)];
     }
@@ -116,10 +117,10 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
     }
   } else {
     // Data and holes that tile [0, count), in any order.
-    const want = new Uint8Array(c.count);
+    const want = new Uint8Array(count);
     const pieces: [number, number][] = [];
-    for (let at = 0; at < c.count;) {
-      const len = Math.min(c.count - at, 1 + r(r.chance(0.5) ? 64 : 2048));
+    for (let at = 0; at < count;) {
+      const len = Math.min(count - at, 1 + r(r.chance(0.5) ? 64 : 2048));
       pieces.push([at, len]);
       at += len;
     }
@@ -142,8 +143,8 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
   c.wantError = 0;
   if (failWith) {
     // An error chunk anywhere among the others; ERROR_OFFSET needs an offset inside the range.
-    const withOffset = c.count > 0 && r.chance(0.5);
-    const payload = errorPayload(failWith, "x".repeat(r(20)), withOffset ? c.offset + big(r(c.count)) : undefined);
+    const withOffset = count > 0 && r.chance(0.5);
+    const payload = errorPayload(failWith, "x".repeat(r(20)), withOffset ? c.offset + big(r(count)) : undefined);
     parts.splice(r(parts.length + 1), 0, chunk(cookie, withOffset ? Chunk.ERROR_OFFSET : Chunk.ERROR, payload, { flags: 0 }));
     c.wantError = errnoOfNbdError(failWith);
   }
@@ -243,7 +244,7 @@ function runCase(seed: number): void {
     const count = type === Cmd.READ ? counts[i]! : 1 + r(1 << 20);
     const offset = r.chance(0.1) ? 2n ** 63n - 1n - big(count) - big(r(1000)) : big(r(1 << 30));
     const c: Fuzzed = {
-      cookie, type, flags: 0, offset, count, error: 0, seen: 0, wantError: 0, at: starts[i]!,
+      cookie, type, flags: 0, offset, count: big(count), error: 0, seen: 0, wantError: 0, at: starts[i]!,
       buf: type === Cmd.READ ? arena.subarray(starts[i]!, starts[i]! + count) : undefined,
       settle: () => problems.push("settle() called by the parser"),
     };
@@ -286,6 +287,8 @@ function runCase(seed: number): void {
   let fatal: NbdError | undefined;
   const host: ReplyHost = {
     structuredReplies: () => sr,
+    extendedHeaders: () => false,
+    exportSize: () => 2n ** 63n,
     stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
     awaiting: () => inflight.size > 0,
     contextName: (id) => (id === 1 ? "base:allocation" : undefined),
@@ -297,7 +300,7 @@ function runCase(seed: number): void {
       retired.add(cmd.cookie);
       inflight.delete(cmd.cookie);
       if (!Number.isInteger(cmd.error) || cmd.error < 0) problems.push(`cookie ${cmd.cookie} retired with error ${cmd.error}`);
-      if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== cmd.count) {
+      if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== Number(cmd.count)) {
         problems.push(`read ${cmd.cookie} retired as a success with ${cmd.seen} of ${cmd.count} bytes`);
       }
     },
@@ -369,7 +372,7 @@ test("the fuzzer itself: valid streams parse cleanly, mutated ones reach fatal()
     const r = prng(caseSeed(i) ^ 0xabcdef);
     const sr = true;
     const c: Fuzzed = {
-      cookie: 7, type: Cmd.READ, flags: 0, offset: 4096n, count: 100, error: 0, seen: 0, wantError: 0, at: GUARD_LEN,
+      cookie: 7, type: Cmd.READ, flags: 0, offset: 4096n, count: 100n, error: 0, seen: 0, wantError: 0, at: GUARD_LEN,
       buf: new Uint8Array(100), settle: () => {},
     };
     const bytes = mutate(cat(...replyFor(c, sr, r)), r);
@@ -377,6 +380,8 @@ test("the fuzzer itself: valid streams parse cleanly, mutated ones reach fatal()
     let done = false;
     const parser = new ReplyParser({
       structuredReplies: () => sr,
+      extendedHeaders: () => false,
+      exportSize: () => 1n << 20n,
       stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
       awaiting: () => !done,
       contextName: () => undefined,
@@ -397,12 +402,14 @@ test("a known stream: two reads interleaved, split byte by byte, fill their buff
   const a = arena.subarray(64, 80);
   const b = arena.subarray(144, 152);
   const mk = (cookie: number, offset: bigint, buf: Uint8Array): Command => ({
-    cookie, type: Cmd.READ, flags: 0, offset, count: buf.byteLength, buf, error: 0, seen: 0, settle: () => {},
+    cookie, type: Cmd.READ, flags: 0, offset, count: big(buf.byteLength), buf, error: 0, seen: 0, settle: () => {},
   });
   const cmds = new Map([[1, mk(1, 100n, a)], [2, mk(2, 0n, b)]]);
   const order: number[] = [];
   const parser = new ReplyParser({
     structuredReplies: () => true,
+    extendedHeaders: () => false,
+    exportSize: () => 1n << 20n,
     stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
     awaiting: () => cmds.size > 0,
     contextName: () => undefined,
