@@ -1,6 +1,6 @@
 /**
  * A seeded fuzz test of the reply decoder (src/client/replies.ts): valid
- * replies (simple and structured, chunks of several commands interleaved)
+ * replies (simple, structured and extended, chunks of several commands interleaved)
  * and mutated ones, split at random points into push() calls, against a
  * fake ReplyHost. Whatever the bytes:
  * - no throw escapes push(); a failure reaches host.fatal() or a command's error;
@@ -20,7 +20,10 @@ import { errnoOfNbdError } from "../src/protocol/transmission.js";
 import type { Command } from "../src/client/command.js";
 import { NbdError } from "../src/client/error.js";
 import { ReplyParser, type ReplyHost } from "../src/client/replies.js";
-import { cat, chunk, errorPayload, offsetDataPayload, offsetHolePayload, simpleReply } from "./fake-server.js";
+import {
+  blockStatusPayload, cat, chunk, errorPayload, extendedChunk, offsetDataPayload, offsetHolePayload, simpleReply,
+  type ChunkOpts,
+} from "./fake-server.js";
 
 const CASES = Number(process.env.FUZZ_CASES) || 10000;
 const SEED = Number(process.env.FUZZ_SEED) || 0x5eed;
@@ -83,10 +86,12 @@ function guardsIntact(arena: Uint8Array, cmds: Fuzzed[]): string | undefined {
 
 const big = (n: number): bigint => BigInt(n);
 
-/** The chunks (in order) that answer `c` correctly; sets c.want and c.wantError. */
-function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
+/** The chunks (in order) that answer `c` correctly; sets c.want and c.wantError. `ext`: extended headers (implies sr). */
+function replyFor(c: Fuzzed, sr: boolean, r: Rand, ext = false): Uint8Array[] {
   const cookie = big(c.cookie);
   const count = Number(c.count);
+  const ck = (_cookie: bigint, type: number, payload: Uint8Array, o?: ChunkOpts): Uint8Array =>
+    (ext ? extendedChunk(cookie, c.offset, type, payload, o) : chunk(cookie, type, payload, o));
   const failWith = r.chance(0.2) ? r.pick(NBD_ERRORS) : 0;
   if (!sr) {
     c.wantError = failWith ? errnoOfNbdError(failWith) : 0;
@@ -99,21 +104,17 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
   }
   if (c.type !== Cmd.READ && c.type !== Cmd.BLOCK_STATUS) {
     c.wantError = failWith ? errnoOfNbdError(failWith) : 0;
-    if (failWith) return [chunk(cookie, Chunk.ERROR, errorPayload(failWith, "no"))];
-    return [r.chance(0.5) ? simpleReply(cookie) : chunk(cookie, Chunk.NONE, new Uint8Array(0))];
+    if (failWith) return [ck(cookie, Chunk.ERROR, errorPayload(failWith, "no"))];
+    return [r.chance(0.5) && !ext ? simpleReply(cookie) : ck(cookie, Chunk.NONE, new Uint8Array(0))];
   }
   const parts: Uint8Array[] = [];
   if (c.type === Cmd.BLOCK_STATUS) {
     for (const id of r.chance(0.3) ? [2, 1] : [1]) {
       const n = 1 + r(4);
-      const p = new Uint8Array(4 + 8 * n);
-      const v = new DataView(p.buffer);
-      v.setUint32(0, id);
-      for (let i = 0; i < n; i++) {
-        v.setUint32(4 + 8 * i, 1 + r(100000));
-        v.setUint32(8 + 8 * i, r(4));
-      }
-      parts.push(chunk(cookie, Chunk.BLOCK_STATUS, p, { flags: 0 }));
+      // With extended headers, lengths beyond 32 bits too (block_status clamps them, without error).
+      const extents = Array.from({ length: n }, (): [bigint, number] =>
+        [ext && r.chance(0.2) ? big(1 + r(1000)) << 32n : big(1 + r(100000)), r(4)]);
+      parts.push(ck(cookie, ext ? Chunk.BLOCK_STATUS_EXT : Chunk.BLOCK_STATUS, blockStatusPayload(id, extents, ext), { flags: 0 }));
     }
   } else {
     // Data and holes that tile [0, count), in any order.
@@ -131,11 +132,11 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
     for (const [at, len] of pieces) {
       const offset = c.offset + big(at);
       if (r.chance(0.3)) {
-        parts.push(chunk(cookie, Chunk.OFFSET_HOLE, offsetHolePayload(offset, len), { flags: 0 }));
+        parts.push(ck(cookie, Chunk.OFFSET_HOLE, offsetHolePayload(offset, len), { flags: 0 }));
       } else {
         const data = randomBytes(r, len);
         want.set(data, at);
-        parts.push(chunk(cookie, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), { flags: 0 }));
+        parts.push(ck(cookie, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), { flags: 0 }));
       }
     }
     c.want = want;
@@ -145,12 +146,12 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
     // An error chunk anywhere among the others; ERROR_OFFSET needs an offset inside the range.
     const withOffset = count > 0 && r.chance(0.5);
     const payload = errorPayload(failWith, "x".repeat(r(20)), withOffset ? c.offset + big(r(count)) : undefined);
-    parts.splice(r(parts.length + 1), 0, chunk(cookie, withOffset ? Chunk.ERROR_OFFSET : Chunk.ERROR, payload, { flags: 0 }));
+    parts.splice(r(parts.length + 1), 0, ck(cookie, withOffset ? Chunk.ERROR_OFFSET : Chunk.ERROR, payload, { flags: 0 }));
     c.wantError = errnoOfNbdError(failWith);
   }
   // DONE on the last chunk, or a NONE after it.
   const last = parts.length - 1;
-  if (last < 0 || r.chance(0.4)) parts.push(chunk(cookie, Chunk.NONE, new Uint8Array(0)));
+  if (last < 0 || r.chance(0.4)) parts.push(ck(cookie, Chunk.NONE, new Uint8Array(0)));
   else parts[last]![5]! |= REPLY_FLAG_DONE;
   return parts;
 }
@@ -229,6 +230,7 @@ function split(s: Uint8Array, r: Rand): Uint8Array[] {
 function runCase(seed: number): void {
   const r = prng(seed);
   const sr = r.chance(0.8);
+  const ext = sr && r.chance(0.4);
   const mutated = r.chance(0.7);
   const types = sr ? [Cmd.READ, Cmd.READ, Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.BLOCK_STATUS] : [Cmd.READ, Cmd.READ, Cmd.WRITE, Cmd.FLUSH];
   const n = 1 + r(4);
@@ -279,7 +281,7 @@ function runCase(seed: number): void {
     }
     return c;
   });
-  const stream = interleave(cmds.map((c) => replyFor(c, sr, r)), r);
+  const stream = interleave(cmds.map((c) => replyFor(c, sr, r, ext)), r);
   const bytes = mutated ? mutate(stream, r) : stream;
 
   const inflight = new Map(cmds.map((c) => [c.cookie, c]));
@@ -287,8 +289,8 @@ function runCase(seed: number): void {
   let fatal: NbdError | undefined;
   const host: ReplyHost = {
     structuredReplies: () => sr,
-    extendedHeaders: () => false,
-    exportSize: () => 2n ** 63n,
+    extendedHeaders: () => ext,
+    exportSize: () => 2n ** 64n - 1n,
     stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
     awaiting: () => inflight.size > 0,
     contextName: (id) => (id === 1 ? "base:allocation" : undefined),
@@ -338,7 +340,7 @@ function runCase(seed: number): void {
     }
   }
   if (problems.length) {
-    throw new Error(`FUZZ_SEED=${SEED} case seed ${seed} (${mutated ? "mutated" : "valid"}, ${sr ? "structured" : "simple"}, ` +
+    throw new Error(`FUZZ_SEED=${SEED} case seed ${seed} (${mutated ? "mutated" : "valid"}, ${ext ? "extended" : sr ? "structured" : "simple"}, ` +
       `${cmds.map((c) => `${c.type}:${c.cookie}:${c.count}`).join(" ")}):\n  ${problems.join("\n  ")}`);
   }
 }
