@@ -59,6 +59,8 @@ export const API = {
   getFullInfo: { args: [], ret: "bool", since: "1.4", summary: "see if NBD_OPT_GO requests extra details" },
   setRequestStructuredReplies: { args: [Bool("request")], ret: "err", states: created, since: "1.2", summary: "control use of structured replies" },
   getRequestStructuredReplies: { args: [], ret: "bool", mayFail: false, since: "1.2", summary: "see if structured replies are attempted" },
+  setRequestExtendedHeaders: { args: [Bool("request")], ret: "err", states: created, since: "1.18", summary: "control use of extended headers" },
+  getRequestExtendedHeaders: { args: [], ret: "bool", mayFail: false, since: "1.18", summary: "see if extended headers are attempted" },
   setHandshakeFlags: { args: [Flags("flags", handshakeFlags)], ret: "err", states: created, since: "1.2", summary: "control use of handshake flags" },
   getHandshakeFlags: { args: [], ret: "uint", mayFail: false, since: "1.2", summary: "see which handshake flags are supported" },
   setPreadInitialize: { args: [Bool("request")], ret: "err", since: "1.12", summary: "control whether libnbd pre-initializes read buffers" },
@@ -115,6 +117,7 @@ export const API = {
   optSetMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using explicit query list" },
   optStarttls: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to initiate TLS" },
   optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies" },
+  optExtendedHeaders: { args: [], ret: "bool", states: negotiating, since: "1.18", summary: "request the server to enable extended headers" },
 
   // ---- meta contexts and what to request ---------------------------------------
   addMetaContext: { args: [Str("name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "ask server to negotiate metadata context" },
@@ -131,6 +134,7 @@ export const API = {
   getBlockSize: { args: [Enum("size_type", sizeTypes)], ret: "int64", states: afterInfo, since: "1.4", summary: "return a specific server block size constraint" },
   getProtocol: { args: [], ret: "staticString", states: afterInfo, since: "1.2", summary: "return the NBD protocol variant" },
   getStructuredRepliesNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.2", summary: "see if structured replies are in use" },
+  getExtendedHeadersNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.18", summary: "see if extended headers are in use" },
   getCanonicalExportName: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the canonical export name, if the server has one" },
   getExportDescription: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the export description, if the server has one" },
   isReadOnly: flagQuery("is the NBD export read-only?"),
@@ -143,6 +147,7 @@ export const API = {
   canDf: flagQuery("does the server support the don't fragment flag to pread?"),
   canMultiConn: flagQuery("does the server support multi-conn?"),
   canCache: flagQuery("does the server support the cache command?"),
+  canBlockStatusPayload: { ...flagQuery("does the server support the block status payload flag?"), since: "1.18" },
   canMetaContext: { args: [Str("metacontext")], ret: "bool", states: afterInfo, since: "1.0", summary: "does the server support a specific meta context?" },
 
   // ---- I/O ------------------------------------------------------------------

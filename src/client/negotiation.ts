@@ -108,6 +108,11 @@ export class Negotiation extends Session {
     return (await this.exchange(() => neg.structuredReply())) === 0;
   }
 
+  async optExtendedHeaders(): Promise<boolean> {
+    const neg = this.fixedNewstyle();
+    return (await this.exchange(() => neg.negotiateExtendedHeaders())) === 0;
+  }
+
   /** A new export name or new requests make what the server said about the old ones stale. */
   protected override exportChanged(): void {
     const neg = this.neg;
@@ -131,6 +136,7 @@ export class Negotiation extends Session {
   getSize(): bigint { return this.#known("size").size; }
   getProtocol(): string { return this.neg!.protocol; }
   getStructuredRepliesNegotiated(): boolean { return this.neg!.structuredReplies; }
+  getExtendedHeadersNegotiated(): boolean { return this.neg!.extendedHeaders; }
   isReadOnly(): boolean { return this.flag(TFlag.READ_ONLY); }
   canFlush(): boolean { return this.flag(TFlag.SEND_FLUSH); }
   canFua(): boolean { return this.flag(TFlag.SEND_FUA); }
@@ -141,6 +147,7 @@ export class Negotiation extends Session {
   canDf(): boolean { return this.flag(TFlag.SEND_DF); }
   canMultiConn(): boolean { return this.flag(TFlag.CAN_MULTI_CONN); }
   canCache(): boolean { return this.flag(TFlag.SEND_CACHE); }
+  canBlockStatusPayload(): boolean { return this.flag(TFlag.BLOCK_STATUS_PAYLOAD); }
 
   canMetaContext(name: string): boolean {
     const neg = this.neg!;

@@ -214,7 +214,11 @@ export class Session extends Settings {
       const protocol = await neg.greet();
       this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
       await this.negotiateTls(neg, protocol);
-      if (protocol === "newstyle-fixed" && this.requestStructuredReplies) await neg.structuredReply();
+      if (protocol === "newstyle-fixed" && this.requestStructuredReplies) {
+        // libnbd 1.18's order: extended headers first; once agreed they imply structured replies.
+        if (this.requestExtendedHeaders) await neg.negotiateExtendedHeaders();
+        if (!neg.structuredReplies) await neg.structuredReply();
+      }
       if (protocol !== "oldstyle" && this.optMode) {
         this.phase = "NEGOTIATING";
         return;
@@ -408,6 +412,8 @@ export class Session extends Settings {
 
   protected readonly replyHost = {
     structuredReplies: () => this.neg?.structuredReplies ?? false,
+    extendedHeaders: () => this.neg?.extendedHeaders ?? false,
+    exportSize: () => this.neg?.export.size ?? 0n,
     stats: this.stats,
     contextName: (id: number) => this.neg?.metaContexts.find((c) => c.id === id)?.name,
     awaiting: () => this.inflight.size > 0,
