@@ -234,6 +234,32 @@ export interface HandleMethods {
   getRequestStructuredReplies(): number;
 
   /**
+   * Control use of extended headers.
+   *
+   * `nbd_set_request_extended_headers`, libnbd 1.18. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `request` is not a boolean or number
+   *
+   * @param request - `true` to turn the setting on, `false` to turn it off (1 and 0 work too)
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_set_request_extended_headers.3.html | nbd_set_request_extended_headers(3)}
+   */
+  setRequestExtendedHeaders(request: boolean): number;
+
+  /**
+   * See if extended headers are attempted.
+   *
+   * `nbd_get_request_extended_headers`, libnbd 1.18. Permitted in any state.
+   *
+   * @returns `1` (true) or `0` (false); this call does not fail while the handle is open
+   * @see {@link https://libguestfs.org/nbd_get_request_extended_headers.3.html | nbd_get_request_extended_headers(3)}
+   */
+  getRequestExtendedHeaders(): number;
+
+  /**
    * Control use of handshake flags.
    *
    * `nbd_set_handshake_flags`, libnbd 1.2. Permitted when the handle is newly created.
@@ -963,6 +989,22 @@ export interface HandleMethods {
   optSetMetaContextQueries(queries: string[], context: Shapes["context"]): number;
 
   /**
+   * Request the server to initiate TLS.
+   *
+   * `nbd_opt_starttls`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   * - `ENOTSUP`: the server does not speak fixed newstyle (a refusal is 0, not an error)
+   * - `ETIMEDOUT`: the server took longer than set_timeout allows
+   *
+   * @returns `1` (true) or `0` (false), or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_opt_starttls.3.html | nbd_opt_starttls(3)}
+   */
+  optStarttls(): number;
+
+  /**
    * Request the server to enable structured replies.
    *
    * `nbd_opt_structured_reply`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
@@ -977,6 +1019,22 @@ export interface HandleMethods {
    * @see {@link https://libguestfs.org/nbd_opt_structured_reply.3.html | nbd_opt_structured_reply(3)}
    */
   optStructuredReply(): number;
+
+  /**
+   * Request the server to enable extended headers.
+   *
+   * `nbd_opt_extended_headers`, libnbd 1.18. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   * - `ENOTSUP`: the server does not speak fixed newstyle (a refusal is 0, not an error)
+   * - `ETIMEDOUT`: the server took longer than set_timeout allows
+   *
+   * @returns `1` (true) or `0` (false), or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_opt_extended_headers.3.html | nbd_opt_extended_headers(3)}
+   */
+  optExtendedHeaders(): number;
 
   /**
    * Ask server to negotiate metadata context.
@@ -1148,6 +1206,20 @@ export interface HandleMethods {
    * @see {@link https://libguestfs.org/nbd_get_structured_replies_negotiated.3.html | nbd_get_structured_replies_negotiated(3)}
    */
   getStructuredRepliesNegotiated(): number;
+
+  /**
+   * See if extended headers are in use.
+   *
+   * `nbd_get_extended_headers_negotiated`, libnbd 1.18. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting or dead
+   *
+   * @returns `1` (true) or `0` (false), or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_get_extended_headers_negotiated.3.html | nbd_get_extended_headers_negotiated(3)}
+   */
+  getExtendedHeadersNegotiated(): number;
 
   /**
    * Return the canonical export name, if the server has one.
@@ -1344,6 +1416,22 @@ export interface HandleMethods {
   canCache(): number;
 
   /**
+   * Does the server support the block status payload flag?
+   *
+   * `nbd_can_block_status_payload`, libnbd 1.18. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting or dead
+   *   - the server has not described the export yet (in opt mode: before opt_info or opt_go)
+   *
+   * @returns `1` (true) or `0` (false), or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_can_block_status_payload.3.html | nbd_can_block_status_payload(3)}
+   */
+  canBlockStatusPayload(): number;
+
+  /**
    * Does the server support a specific meta context?
    *
    * `nbd_can_meta_context`, libnbd 1.0. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
@@ -1451,6 +1539,7 @@ export interface HandleMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
+   *   - strict mode: CMD_FLAG_PAYLOAD_LEN disagrees with whether extended headers were negotiated (STRICT_COMMANDS, with STRICT_AUTO_FLAG off)
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
@@ -1512,7 +1601,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1543,7 +1632,7 @@ export interface HandleMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1575,7 +1664,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1609,7 +1698,7 @@ export interface HandleMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1644,7 +1733,7 @@ export interface HandleMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1677,6 +1766,7 @@ export interface HandleMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - a disconnect was already requested
+   *   - strict mode: the server does not take the block status payload, or CMD_FLAG_PAYLOAD_LEN is missing (STRICT_COMMANDS)
    *   - a name in contexts was not negotiated
    * - `EFAULT`:
    *   - `contexts` is null or undefined
@@ -1684,8 +1774,8 @@ export interface HandleMethods {
    * - `EPROTO`: `extent64` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   *   - strict mode: extended headers were not negotiated (STRICT_AUTO_FLAG)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -1800,6 +1890,7 @@ export interface HandleMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
+   *   - strict mode: CMD_FLAG_PAYLOAD_LEN disagrees with whether extended headers were negotiated (STRICT_COMMANDS, with STRICT_AUTO_FLAG off)
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
@@ -1859,7 +1950,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1889,7 +1980,7 @@ export interface HandleMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1920,7 +2011,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1952,7 +2043,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -1985,7 +2076,7 @@ export interface HandleMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -2017,14 +2108,15 @@ export interface HandleMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - a disconnect was already requested
+   *   - strict mode: the server does not take the block status payload, or CMD_FLAG_PAYLOAD_LEN is missing (STRICT_COMMANDS)
    *   - a name in contexts was not negotiated
    * - `EFAULT`:
    *   - `contexts` is null or undefined
    *   - `extent64` is null or undefined
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   *   - strict mode: extended headers were not negotiated (STRICT_AUTO_FLAG)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -2483,6 +2575,32 @@ export interface AsyncMethods {
    * @see {@link https://libguestfs.org/nbd_get_request_structured_replies.3.html | nbd_get_request_structured_replies(3)}
    */
   getRequestStructuredReplies(): Promise<number>;
+
+  /**
+   * Control use of extended headers.
+   *
+   * `nbd_set_request_extended_headers`, libnbd 1.18. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `request` is not a boolean or number
+   *
+   * @param request - `true` to turn the setting on, `false` to turn it off (1 and 0 work too)
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_set_request_extended_headers.3.html | nbd_set_request_extended_headers(3)}
+   */
+  setRequestExtendedHeaders(request: boolean): Promise<number>;
+
+  /**
+   * See if extended headers are attempted.
+   *
+   * `nbd_get_request_extended_headers`, libnbd 1.18. Permitted in any state.
+   *
+   * @returns a promise of `1` (true) or `0` (false); it does not reject while the handle is open
+   * @see {@link https://libguestfs.org/nbd_get_request_extended_headers.3.html | nbd_get_request_extended_headers(3)}
+   */
+  getRequestExtendedHeaders(): Promise<number>;
 
   /**
    * Control use of handshake flags.
@@ -3214,6 +3332,22 @@ export interface AsyncMethods {
   optSetMetaContextQueries(queries: string[], context: Shapes["context"]): Promise<number>;
 
   /**
+   * Request the server to initiate TLS.
+   *
+   * `nbd_opt_starttls`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   * - `ENOTSUP`: the server does not speak fixed newstyle (a refusal is 0, not an error)
+   * - `ETIMEDOUT`: the server took longer than set_timeout allows
+   *
+   * @returns a promise of `1` (true) or `0` (false); it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_opt_starttls.3.html | nbd_opt_starttls(3)}
+   */
+  optStarttls(): Promise<number>;
+
+  /**
    * Request the server to enable structured replies.
    *
    * `nbd_opt_structured_reply`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
@@ -3228,6 +3362,22 @@ export interface AsyncMethods {
    * @see {@link https://libguestfs.org/nbd_opt_structured_reply.3.html | nbd_opt_structured_reply(3)}
    */
   optStructuredReply(): Promise<number>;
+
+  /**
+   * Request the server to enable extended headers.
+   *
+   * `nbd_opt_extended_headers`, libnbd 1.18. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   * - `ENOTSUP`: the server does not speak fixed newstyle (a refusal is 0, not an error)
+   * - `ETIMEDOUT`: the server took longer than set_timeout allows
+   *
+   * @returns a promise of `1` (true) or `0` (false); it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_opt_extended_headers.3.html | nbd_opt_extended_headers(3)}
+   */
+  optExtendedHeaders(): Promise<number>;
 
   /**
    * Ask server to negotiate metadata context.
@@ -3399,6 +3549,20 @@ export interface AsyncMethods {
    * @see {@link https://libguestfs.org/nbd_get_structured_replies_negotiated.3.html | nbd_get_structured_replies_negotiated(3)}
    */
   getStructuredRepliesNegotiated(): Promise<number>;
+
+  /**
+   * See if extended headers are in use.
+   *
+   * `nbd_get_extended_headers_negotiated`, libnbd 1.18. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting or dead
+   *
+   * @returns a promise of `1` (true) or `0` (false); it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_get_extended_headers_negotiated.3.html | nbd_get_extended_headers_negotiated(3)}
+   */
+  getExtendedHeadersNegotiated(): Promise<number>;
 
   /**
    * Return the canonical export name, if the server has one.
@@ -3595,6 +3759,22 @@ export interface AsyncMethods {
   canCache(): Promise<number>;
 
   /**
+   * Does the server support the block status payload flag?
+   *
+   * `nbd_can_block_status_payload`, libnbd 1.18. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting or dead
+   *   - the server has not described the export yet (in opt mode: before opt_info or opt_go)
+   *
+   * @returns a promise of `1` (true) or `0` (false); it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_can_block_status_payload.3.html | nbd_can_block_status_payload(3)}
+   */
+  canBlockStatusPayload(): Promise<number>;
+
+  /**
    * Does the server support a specific meta context?
    *
    * `nbd_can_meta_context`, libnbd 1.0. Permitted when the handle is negotiating (opt mode), connected with the server or closed (shut down).
@@ -3702,6 +3882,7 @@ export interface AsyncMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
+   *   - strict mode: CMD_FLAG_PAYLOAD_LEN disagrees with whether extended headers were negotiated (STRICT_COMMANDS, with STRICT_AUTO_FLAG off)
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
@@ -3763,7 +3944,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3794,7 +3975,7 @@ export interface AsyncMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3826,7 +4007,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3860,7 +4041,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3895,7 +4076,7 @@ export interface AsyncMethods {
    * - `EFAULT`: `extent` is null or undefined
    * - `EPROTO`: `extent` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -3928,6 +4109,7 @@ export interface AsyncMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - a disconnect was already requested
+   *   - strict mode: the server does not take the block status payload, or CMD_FLAG_PAYLOAD_LEN is missing (STRICT_COMMANDS)
    *   - a name in contexts was not negotiated
    * - `EFAULT`:
    *   - `contexts` is null or undefined
@@ -3935,8 +4117,8 @@ export interface AsyncMethods {
    * - `EPROTO`: `extent64` returned -1 or threw, leaving `error.value` 0 (what it sets there is the errno instead)
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   *   - strict mode: extended headers were not negotiated (STRICT_AUTO_FLAG)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    * - `EIO`: the server failed the command (EIO, or the errno its NBD error stands for: EPERM, ENOSPC, ENOTSUP, …)
    * - `ETIMEDOUT`: no reply within set_timeout's limit (the handle is then dead)
    *
@@ -4051,6 +4233,7 @@ export interface AsyncMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
+   *   - strict mode: CMD_FLAG_PAYLOAD_LEN disagrees with whether extended headers were negotiated (STRICT_COMMANDS, with STRICT_AUTO_FLAG off)
    * - `EFAULT`: `buf` is null or undefined
    * - `ERANGE`:
    *   - `buf` is longer than 64 MiB (MAX_REQUEST_SIZE)
@@ -4110,7 +4293,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4140,7 +4323,7 @@ export interface AsyncMethods {
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)
    *   - a disconnect was already requested
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4171,7 +4354,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `ENOSPC`: strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    * - `EPERM`: strict mode: the export is read-only (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4203,7 +4386,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4236,7 +4419,7 @@ export interface AsyncMethods {
    *   - a disconnect was already requested
    * - `EFAULT`: `extent` is null or undefined
    * - `ENOTSUP`: strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)
@@ -4268,14 +4451,15 @@ export interface AsyncMethods {
    *   - strict mode: the request is empty (STRICT_ZERO_SIZE) or not aligned to the server's minimum block size (STRICT_ALIGN)
    *   - strict mode: the range reaches past the end of the export (STRICT_BOUNDS)
    *   - a disconnect was already requested
+   *   - strict mode: the server does not take the block status payload, or CMD_FLAG_PAYLOAD_LEN is missing (STRICT_COMMANDS)
    *   - a name in contexts was not negotiated
    * - `EFAULT`:
    *   - `contexts` is null or undefined
    *   - `extent64` is null or undefined
    * - `ENOTSUP`:
    *   - strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)
-   *   - extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)
-   * - `ERANGE`: `count` is 2^32 or more (that needs extended headers)
+   *   - strict mode: extended headers were not negotiated (STRICT_AUTO_FLAG)
+   * - `ERANGE`: `count` is 2^32 or more and extended headers were not negotiated
    *
    * @param count - how many bytes the range covers (a `number` or `bigint`, 0 to 2^64-1)
    * @param offset - where the range starts, in bytes from the start of the export (a `number` or `bigint`, 0 to 2^64-1)

@@ -73,7 +73,7 @@ export const SECTIONS: readonly Section[] = [
   },
   {
     title: "Encryption and authentication",
-    about: "TLS settings (nbd-ts does not implement TLS yet: supportsTls() is 0, and TLS_REQUIRE fails the handshake).",
+    about: "TLS with X.509 certificates or pre-shared keys, through Node's TLS (OpenSSL); a failure in the TLS layer has errno 0, as libnbd's GnuTLS ones, and leaves the handle dead (the README says more).",
     match: named(/Tls/),
   },
   {

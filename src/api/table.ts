@@ -52,13 +52,18 @@ const range = (pastEnd: ErrnoName): Errors => [
   [pastEnd, "strict mode: the range reaches past the end of the export (STRICT_BOUNDS)"],
 ];
 const unadvertised: Errors = [["EINVAL", "strict mode: the server did not advertise this command, or a flag given (STRICT_COMMANDS)"]];
-const wide: Errors = [["ERANGE", "count is 2^32 or more (that needs extended headers)"]];
+const wide: Errors = [["ERANGE", "count is 2^32 or more and extended headers were not negotiated"]];
 const readErrors: Errors = [...range("EINVAL"), ...unadvertised, ...beforeSending];
 const writeErrors: Errors = [...range("ENOSPC"), ["EPERM", "strict mode: the export is read-only (STRICT_COMMANDS)"], ...unadvertised, ...beforeSending];
 const payload: Errors = [["ERANGE", "buf is larger than the server's maximum payload (STRICT_PAYLOAD; get_block_size(SIZE_PAYLOAD))"]];
 const shortRead: Errors = [["EPROTO", "the server sent less data than asked for, without an error"]];
 const statusErrors: Errors = [...range("EINVAL"), ["ENOTSUP", "strict mode: no structured replies or no meta context negotiated (STRICT_COMMANDS)"], ...wide, ...beforeSending];
-const filterErrors: Errors = [["ENOTSUP", "extended headers were not negotiated (STRICT_AUTO_FLAG; nbd-ts does not negotiate them yet)"], ["EINVAL", "a name in contexts was not negotiated"]];
+const filterErrors: Errors = [
+  ["ENOTSUP", "strict mode: extended headers were not negotiated (STRICT_AUTO_FLAG)"],
+  ["EINVAL", "strict mode: the server does not take the block status payload, or CMD_FLAG_PAYLOAD_LEN is missing (STRICT_COMMANDS)"],
+  ["EINVAL", "a name in contexts was not negotiated"],
+];
+const payloadLen: Errors = [["EINVAL", "strict mode: CMD_FLAG_PAYLOAD_LEN disagrees with whether extended headers were negotiated (STRICT_COMMANDS, with STRICT_AUTO_FLAG off)"]];
 const noSubprocess: Errors = [["ESRCH", "the handle did not start a server (connect_command, connect_systemd_socket_activation)"]];
 const notHere: Errors = [["ENOTSUP", "always: the socket lives in nbd-ts's worker thread (use poll)"]];
 
@@ -92,6 +97,8 @@ export const API = {
   getFullInfo: { args: [], ret: "bool", since: "1.4", summary: "see if NBD_OPT_GO requests extra details" },
   setRequestStructuredReplies: { args: [Bool("request")], ret: "err", states: created, since: "1.2", summary: "control use of structured replies" },
   getRequestStructuredReplies: { args: [], ret: "bool", mayFail: false, since: "1.2", summary: "see if structured replies are attempted" },
+  setRequestExtendedHeaders: { args: [Bool("request")], ret: "err", states: created, since: "1.18", summary: "control use of extended headers" },
+  getRequestExtendedHeaders: { args: [], ret: "bool", mayFail: false, since: "1.18", summary: "see if extended headers are attempted" },
   setHandshakeFlags: { args: [Flags("flags", handshakeFlags)], ret: "err", states: created, since: "1.2", summary: "control use of handshake flags" },
   getHandshakeFlags: { args: [], ret: "uint", mayFail: false, since: "1.2", summary: "see which handshake flags are supported" },
   setPreadInitialize: { args: [Bool("request")], ret: "err", since: "1.12", summary: "control whether libnbd pre-initializes read buffers" },
@@ -146,7 +153,9 @@ export const API = {
   optListMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "list available meta contexts, using explicit query list", errors: optionRefused },
   optSetMetaContext: { args: [Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using implicit query list", errors: optionRefused },
   optSetMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using explicit query list", errors: optionRefused },
+  optStarttls: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to initiate TLS", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
   optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
+  optExtendedHeaders: { args: [], ret: "bool", states: negotiating, since: "1.18", summary: "request the server to enable extended headers", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
 
   // ---- meta contexts and what to request ---------------------------------------
   addMetaContext: { args: [Str("name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "ask server to negotiate metadata context", errors: [["ENAMETOOLONG", "name is longer than 4096 bytes"]] },
@@ -163,6 +172,7 @@ export const API = {
   getBlockSize: { args: [Enum("size_type", sizeTypes)], ret: "int64", states: afterInfo, since: "1.4", summary: "return a specific server block size constraint", errors: notYet },
   getProtocol: { args: [], ret: "staticString", states: afterInfo, since: "1.2", summary: "return the NBD protocol variant" },
   getStructuredRepliesNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.2", summary: "see if structured replies are in use" },
+  getExtendedHeadersNegotiated: { args: [], ret: "bool", states: afterInfo, since: "1.18", summary: "see if extended headers are in use" },
   getCanonicalExportName: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the canonical export name, if the server has one", errors: [...notYet, ["ENOTSUP", "the server did not send a canonical name (set_full_info asks for one)"]] },
   getExportDescription: { args: [], ret: "string", states: afterInfo, since: "1.4", summary: "return the export description, if the server has one", errors: [...notYet, ["ENOTSUP", "the server did not send a description (set_full_info asks for one)"]] },
   isReadOnly: flagQuery("is the NBD export read-only?"),
@@ -175,12 +185,13 @@ export const API = {
   canDf: flagQuery("does the server support the don't fragment flag to pread?"),
   canMultiConn: flagQuery("does the server support multi-conn?"),
   canCache: flagQuery("does the server support the cache command?"),
+  canBlockStatusPayload: { ...flagQuery("does the server support the block status payload flag?"), since: "1.18" },
   canMetaContext: { args: [Str("metacontext")], ret: "bool", states: afterInfo, since: "1.0", summary: "does the server support a specific meta context?", errors: [["EINVAL", "meta contexts were requested but not negotiated yet (in opt mode: before opt_go, opt_info or opt_set_meta_context)"]] },
 
   // ---- I/O ------------------------------------------------------------------
   pread: { args: [BytesOut("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "read from the NBD server", errors: [...readErrors, ...reply] },
   preadStructured: { args: [BytesOut("buf"), UInt64("offset"), Closure("chunk", "chunk")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_DF)], ret: "err", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server", errors: [...readErrors, ...shortRead, ...reply] },
-  pwrite: { args: [BytesIn("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "err", states: connected, since: "1.0", summary: "write to the NBD server", errors: [...writeErrors, ...payload, ...reply] },
+  pwrite: { args: [BytesIn("buf"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "err", states: connected, since: "1.0", summary: "write to the NBD server", errors: [...writeErrors, ...payloadLen, ...payload, ...reply] },
   flush: { args: [], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send flush command to the NBD server", errors: [...unadvertised, ...beforeSending, ...reply] },
   trim: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, CMD_FLAG_FUA)], ret: "err", states: connected, since: "1.0", summary: "send trim command to the NBD server", errors: [...writeErrors, ...wide, ...reply] },
   cache: { args: [UInt64("count"), UInt64("offset")], optargs: [Flags("flags", cmdFlags, 0)], ret: "err", states: connected, since: "1.0", summary: "send cache (prefetch) command to the NBD server", errors: [...readErrors, ...wide, ...reply] },
@@ -193,7 +204,7 @@ export const API = {
   // ---- aio: commands that return a cookie at once ----------------------------------
   aioPread: { args: [BytesPersistOut("buf"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server", errors: readErrors },
   aioPreadStructured: { args: [BytesPersistOut("buf"), UInt64("offset"), Closure("chunk", "chunk")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_DF)], ret: "cookie", states: connected, issues: "read", since: "1.0", summary: "read from the NBD server", errors: readErrors },
-  aioPwrite: { args: [BytesPersistIn("buf"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "cookie", states: connected, issues: "write", since: "1.0", summary: "write to the NBD server", errors: [...writeErrors, ...payload] },
+  aioPwrite: { args: [BytesPersistIn("buf"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN)], ret: "cookie", states: connected, issues: "write", since: "1.0", summary: "write to the NBD server", errors: [...writeErrors, ...payloadLen, ...payload] },
   aioFlush: { args: [], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "flush", since: "1.0", summary: "send flush command to the NBD server", errors: [...unadvertised, ...beforeSending] },
   aioTrim: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, CMD_FLAG_FUA)], ret: "cookie", states: connected, issues: "trim", since: "1.0", summary: "send trim command to the NBD server", errors: [...writeErrors, ...wide] },
   aioCache: { args: [UInt64("count"), UInt64("offset")], optargs: [Closure("completion", "completion"), Flags("flags", cmdFlags, 0)], ret: "cookie", states: connected, issues: "cache", since: "1.0", summary: "send cache (prefetch) command to the NBD server", errors: [...readErrors, ...wide] },
