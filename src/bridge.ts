@@ -1,15 +1,22 @@
 /**
- * The one place that blocks: a synckit call into the worker, always bounded
- * by a timeout. A failure of the bridge itself (the worker died, the call
- * timed out, an argument could not be cloned) comes back as a failed reply,
- * never as a throw.
+ * The one place that blocks. A call is written into shared memory (see
+ * channel.ts, wire.ts), the worker is told with Atomics.notify (which costs
+ * nothing when it is already looking), and the caller waits for the reply:
+ * first by spinning for a moment on the shared REPLY word, which catches a
+ * quick reply without the cost of being woken, then asleep in Atomics.wait.
+ * Every wait is bounded. A failure of the bridge itself (the worker died or
+ * went silent, the call timed out, an argument could not be cloned) comes
+ * back as an Error, never as a throw.
  */
-import { basename, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createSyncFn } from "synckit";
-import type { Extra, Reply, dispatch } from "./dispatch.js";
+import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
+import {
+  type Attachments, BEAT_MS, CHANNEL_BYTES, bootstrap, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, callNumber,
+  deathReason, words,
+} from "./channel.js";
+import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { stopAll } from "./cleanup.js";
+import { NoRoom, Wire } from "./wire.js";
 
 /**
  * Every wait is bounded. libnbd itself waits forever for a silent server;
@@ -17,41 +24,155 @@ import { stopAll } from "./cleanup.js";
  */
 export const BRIDGE_TIMEOUT_MS = Number(process.env.NBD_TS_BRIDGE_TIMEOUT_MS) || 60 * 60 * 1000;
 
-const WORKER = fileURLToPath(new URL("../workers/nbd-worker.js", import.meta.url));
+/** A worker with a call in progress that gives no sign of life for this long is wedged (or out of memory). */
+export const STALL_MS = Number(process.env.NBD_TS_WORKER_STALL_MS) || 5000;
 
-let sync: ((...a: Parameters<typeof dispatch>) => Reply) | undefined;
+/** How long a new worker may take to start running. */
+const START_MS = 30_000;
+
+/**
+ * How long the caller may spin before it sleeps (µs). A reply that comes
+ * within the spin costs no wake-up (on a VM, waking a sleeping thread costs
+ * more than a whole 4 KiB read); a spin that ends without one was CPU time
+ * taken from the worker and the server. So each kind of call spins only
+ * while spinning pays: a failed spin halves its budget, a successful one
+ * doubles it, and a kind whose budget fell to nothing tries again now and then.
+ */
+export const SPIN_US = Number(process.env.NBD_TS_SPIN_US ?? 50);
+/** Budgets below this are not worth a spin. */
+const SPIN_MIN_US = 4;
+/** A kind of call that stopped spinning tries again once in this many calls. */
+const SPIN_RETRY = 64;
+const YIELD_MS = Number(process.env.NBD_TS_YIELD_US ?? 0) / 1000;
+const spinBudget = new Float64Array(1024).fill(SPIN_US);
+const spinSkipped = new Uint16Array(1024);
+
+const WORKER = new URL("../workers/nbd-worker.js", import.meta.url).href;
+
+interface Channel {
+  sab: SharedArrayBuffer;
+  h: Int32Array;
+  request: Wire;
+  reply: Wire;
+  port: MessagePort;
+  worker: Worker;
+}
+
+let channel: Channel | undefined;
 let generation = 0;
+let seq = 0;
 
 /** Which worker runs the handles made now; a handle made under another one is dead. */
 export const workerGeneration = (): number => generation;
 
-/**
- * synckit keeps one worker per path and remembers a dead one; after a death,
- * the same file under another spelling of its path starts a fresh worker.
- */
-const workerPath = (gen: number): string => `${dirname(WORKER)}/${"./".repeat(gen)}${basename(WORKER)}`;
+class BridgeTimeout extends Error {}
+/** The worker is gone: its handles are dead. */
+class WorkerLost extends Error {}
 
-/** The worker failed (crashed, exited): not a slow call, not an uncloneable argument. */
-const workerLost = (err: Error): boolean => err.name !== "DataCloneError" && !/timed-out/.test(err.message);
+function start(): Channel {
+  const sab = new SharedArrayBuffer(CHANNEL_BYTES);
+  const { port1, port2 } = new MessageChannel();
+  // No execArgv of ours (--eval, --input-type...) belongs in the worker; NBD_TS_WORKER_EXEC_ARGV can add some (--cpu-prof).
+  const execArgv = process.env.NBD_TS_WORKER_EXEC_ARGV?.split(" ").filter(Boolean) ?? [];
+  const worker = new Worker(bootstrap(WORKER), { eval: true, execArgv, workerData: { sab, port: port2 }, transferList: [port2] });
+  worker.unref();
+  // Its 'error' event comes later, where nobody waits: the call that found the worker gone has already failed.
+  worker.on("error", () => {});
+  return {
+    sab, h: words(sab), port: port1, worker,
+    request: new Wire(sab, REQUEST_AT, REQUEST_BYTES),
+    reply: new Wire(sab, REPLY_AT, REPLY_BYTES),
+  };
+}
 
 export function cross(id: number, name: string, args: unknown[], extra: Extra): Reply | Error {
   try {
-    sync ??= createSyncFn<typeof dispatch>(workerPath(generation), { timeout: BRIDGE_TIMEOUT_MS });
-    return sync(id, name, args, extra);
+    const ch = (channel ??= start());
+    const n = ++seq;
+    const kind = callNumber.get(name) ?? 0;
+    const call = [id, kind, args, extra];
+    ch.request.rewind();
+    try {
+      ch.request.write(call);
+    } catch (e) {
+      if (!(e instanceof NoRoom)) throw e;
+      ch.request.rewind();
+      ch.request.attached.push(call);
+    }
+    const attached = ch.request.attached.length ? 1 : 0;
+    if (attached) ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
+    Atomics.store(ch.h, Word.REQUEST_ATTACHED, attached);
+    Atomics.store(ch.h, Word.REQUEST, n);
+    Atomics.notify(ch.h, Word.REQUEST);
+    wait(ch, n, kind);
+    if (Atomics.load(ch.h, Word.REPLY_ON_PORT)) return attachments(ch.port, n)[0] as Reply;
+    ch.reply.rewind(Atomics.load(ch.h, Word.REPLY_ATTACHED) ? attachments(ch.port, n) : []);
+    return ch.reply.read() as Reply;
   } catch (err) {
     const e = err instanceof Error ? err : new Error(String(err));
-    if (workerLost(e)) {
-      sync = undefined;
-      generation++;
-      stopAll(); // the dead worker's servers: nothing will close them now
-    }
+    if (e instanceof WorkerLost) lose();
     return e;
   }
+}
+
+/** Waits until the worker has answered request `n`: a short spin, then sleep, in slices that check on the worker. */
+function wait(ch: Channel, n: number, kind: number): void {
+  const h = ch.h;
+  if (Atomics.load(h, Word.REPLY) === n) return;
+  let budget = spinBudget[kind]!;
+  if (budget < SPIN_MIN_US && SPIN_US > 0 && ++spinSkipped[kind]! >= SPIN_RETRY) {
+    spinSkipped[kind] = 0;
+    budget = SPIN_US;
+  }
+  if (budget >= SPIN_MIN_US) {
+    const until = performance.now() + budget / 1000;
+    let caught = true;
+    for (let i = 1; Atomics.load(h, Word.REPLY) !== n; i++) {
+      if ((i & 31) === 0) {
+        if (performance.now() > until) {
+          caught = false;
+          break;
+        }
+        if (YIELD_MS) Atomics.wait(h, Word.REPLY, Atomics.load(h, Word.REPLY), YIELD_MS);
+      }
+    }
+    spinBudget[kind] = caught ? Math.min(SPIN_US, budget * 2) : budget / 2;
+    if (caught) return;
+  }
+  let now = Date.now();
+  const deadline = now + BRIDGE_TIMEOUT_MS;
+  let beat = Atomics.load(h, Word.BEAT);
+  let lastSign = now;
+  for (;;) {
+    const seen = Atomics.load(h, Word.REPLY);
+    if (seen === n) return;
+    if (Atomics.load(h, Word.DEAD)) throw new WorkerLost(deathReason(ch.sab));
+    if (now >= deadline) throw new BridgeTimeout(`no answer from the worker thread within ${BRIDGE_TIMEOUT_MS} ms (timed-out)`);
+    const b = Atomics.load(h, Word.BEAT);
+    if (b !== beat) {
+      beat = b;
+      lastSign = now;
+    } else if (!Atomics.load(h, Word.STARTED)) {
+      if (now - lastSign > START_MS) throw new WorkerLost(`the worker thread did not start within ${START_MS} ms`);
+    } else if (now - lastSign > STALL_MS) {
+      throw new WorkerLost(`the worker thread did not answer for ${STALL_MS} ms and was stopped`);
+    }
+    Atomics.wait(h, Word.REPLY, seen, Math.min(BEAT_MS, deadline - now));
+    now = Date.now();
+  }
+}
+
+/** The worker is gone: stop it for good, and the servers of its handles (nothing else will close them now). */
+function lose(): void {
+  void channel?.worker.terminate();
+  channel = undefined;
+  generation++;
+  stopAll();
 }
 
 /** The errno for a failure of the bridge itself. */
 export function bridgeErrno(err: Error): number {
   if (err.name === "DataCloneError") return errno.EINVAL;
-  if (/timed-out/.test(err.message)) return errno.ETIMEDOUT;
+  if (err instanceof BridgeTimeout) return errno.ETIMEDOUT;
   return errno.EIO;
 }

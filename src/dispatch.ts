@@ -41,7 +41,8 @@ function lengthOnly(n: number): Uint8Array {
   return Object.defineProperty(new Uint8Array(0), "byteLength", { value: n });
 }
 
-export async function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Promise<Reply> {
+/** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
+export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
   // A worker crash on demand, for the tests of what a crash does (never otherwise).
   if (name === "__exit__" && process.env.NBD_TS_TEST_HOOKS === "1") process.exit(70);
   if (name === "create") {
@@ -55,9 +56,10 @@ export async function dispatch(id: number, name: string, args: unknown[], extra:
   if (!slot) return { ret: -1, errno: errno.EINVAL, msg: `nbd-ts: no handle ${id} in the worker` };
   if (name === "close") {
     slots.delete(id);
-    await slot.conn.close();
-    const events = slot.conn.drainEvents();
-    return events.length ? { ret: 0, events } : { ret: 0 };
+    return slot.conn.close().then(() => {
+      const events = slot.conn.drainEvents();
+      return events.length ? { ret: 0, events } : { ret: 0 };
+    });
   }
   if (extra.sab) slot.sab = extra.sab;
   for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);
@@ -71,8 +73,11 @@ export async function dispatch(id: number, name: string, args: unknown[], extra:
       args[i] = new Uint8Array(sab, offset, length); // an aio buffer: memory of its own
     }
   });
-  const reply: Reply = await invoke(slot.conn, name as CallName, args, extra.env);
-  if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
-  if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
-  return reply;
+  const outcome = invoke(slot.conn, name as CallName, args, extra.env);
+  const finish = (reply: Reply): Reply => {
+    if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
+    if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
+    return reply;
+  };
+  return outcome instanceof Promise ? outcome.then(finish) : finish(outcome);
 }

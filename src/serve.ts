@@ -1,0 +1,122 @@
+/**
+ * The worker's side of the bridge: it watches the shared REQUEST word,
+ * runs each call (dispatch.ts) and writes the reply into shared memory,
+ * then sets REPLY and notifies, from wherever the call finished (for a
+ * read, the socket's read callback). After a reply it keeps its event loop
+ * turning for a moment (HOT_US), so that the caller's next request, which
+ * usually follows within microseconds, is seen without the worker having
+ * to be woken; after that it sleeps in Atomics.waitAsync until notified.
+ */
+import type { MessagePort } from "node:worker_threads";
+import { type Attachments, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, words } from "./channel.js";
+import { type Reply, dispatch } from "./dispatch.js";
+import { errno } from "./errno.js";
+import { errorValue } from "./api/invoke.js";
+import { API, type CallName } from "./api/table.js";
+import type { Call } from "./api/types.js";
+import { NoRoom, Wire } from "./wire.js";
+
+/** How long the worker looks for the next request before it sleeps (µs). */
+const HOT_US = Number(process.env.NBD_TS_WORKER_HOT_US ?? 200);
+
+export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
+  const h = words(sab);
+  const request = new Wire(sab, REQUEST_AT, REQUEST_BYTES);
+  const reply = new Wire(sab, REPLY_AT, REPLY_BYTES);
+  let seen = 0; // requests are numbered from 1: one may be waiting already
+  let hotUntil = 0;
+  /** A look is due on the next turn of the loop. */
+  let scheduled = false;
+  /** Which sleep is current: a waitAsync that resolves after a newer one was set up is ignored. */
+  let sleep = 0;
+
+  // The heartbeat: a worker with calls in progress says so every BEAT_MS.
+  let running = 0;
+  let beat: ReturnType<typeof setInterval> | undefined;
+  const pulse = () => {
+    Atomics.add(h, Word.BEAT, 1);
+    if (running === 0) {
+      clearInterval(beat);
+      beat = undefined;
+    }
+  };
+
+  const soon = () => {
+    scheduled = true;
+    setImmediate(look);
+  };
+
+  function look(): void {
+    scheduled = false;
+    const seq = Atomics.load(h, Word.REQUEST);
+    if (seq !== seen) {
+      seen = seq;
+      take(seq);
+    }
+    if (scheduled) return; // answered at once: the next look is already due
+    if (performance.now() < hotUntil) return soon();
+    const mine = ++sleep;
+    const wait = Atomics.waitAsync(h, Word.REQUEST, seen);
+    if (!wait.async) return soon(); // a request came in meanwhile
+    void wait.value.then(() => { if (mine === sleep && !scheduled) look(); });
+  }
+
+  function take(seq: number): void {
+    Atomics.add(h, Word.BEAT, 1);
+    let out: Reply | Promise<Reply>;
+    let name = "";
+    try {
+      request.rewind(Atomics.load(h, Word.REQUEST_ATTACHED) ? attachments(port, seq) : []);
+      const [id, call, args, extra] = request.read() as [number, number, unknown[], object];
+      name = CALLS[call]!;
+      out = dispatch(id, name, args, extra);
+    } catch (e) {
+      out = failure(e, name);
+    }
+    if (!(out instanceof Promise)) return answer(seq, out);
+    // The reply will come from an I/O callback: nothing to look out for until then but a new request.
+    hotUntil = 0;
+    running++;
+    beat ??= setInterval(pulse, BEAT_MS);
+    out.then((r) => { running--; answer(seq, r); }, (e: unknown) => { running--; answer(seq, failure(e, name)); });
+  }
+
+  function answer(seq: number, out: Reply): void {
+    if (Atomics.load(h, Word.REQUEST) !== seq) return; // the caller stopped waiting for it
+    reply.rewind();
+    let onPort = 0;
+    try {
+      reply.write(out);
+    } catch (e) {
+      if (!(e instanceof NoRoom)) throw e;
+      onPort = 1;
+      reply.rewind();
+      reply.attached.push(out);
+    }
+    const attached = reply.attached.length ? 1 : 0;
+    if (attached) port.postMessage({ seq, values: reply.attached } satisfies Attachments);
+    Atomics.store(h, Word.REPLY_ON_PORT, onPort);
+    Atomics.store(h, Word.REPLY_ATTACHED, attached);
+    Atomics.store(h, Word.REPLY, seq);
+    Atomics.notify(h, Word.REPLY);
+    hotUntil = performance.now() + HOT_US / 1000;
+    if (!scheduled) {
+      sleep++; // a pending waitAsync is superseded
+      soon();
+    }
+  }
+
+  Atomics.store(h, Word.STARTED, 1);
+  Atomics.notify(h, Word.REPLY);
+  look();
+}
+
+/** Something threw where nothing should: the call fails, the worker goes on. */
+function failure(e: unknown, name: string): Reply {
+  const call = API[name as CallName] as Call | undefined;
+  return {
+    ret: call ? errorValue(call.ret) : -1,
+    errno: errno.EIO,
+    msg: `nbd-ts: internal error in the worker: ${e instanceof Error ? e.message : String(e)}`,
+  };
+}
