@@ -18,6 +18,7 @@ import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants
 import type { Callback, Command } from "./command.js";
 import type { Stats } from "./handshake.js";
 import { NbdError } from "./error.js";
+import { zero } from "./zero.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
@@ -288,7 +289,7 @@ export class ReplyParser {
         if (cmd.type !== Cmd.READ) throw wrongCommand("offset-hole", cmd);
         const hole = decodeOffsetHole(payload);
         const at = this.#within(hole.offset, hole.length);
-        cmd.buf?.fill(0, at, at + hole.length);
+        if (cmd.buf) zero(cmd.buf, at, at + hole.length);
         cmd.seen += hole.length;
         if (cmd.chunk && cmd.buf) callback(cmd, cmd.chunk, [cmd.buf.subarray(at, at + hole.length), hole.offset, READ_HOLE]);
         break;
