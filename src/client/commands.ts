@@ -10,6 +10,7 @@ import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../pro
 import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
 import { type Callback, type Command, commandName } from "./command.js";
 import { NbdError } from "./error.js";
+import { zero } from "./zero.js";
 import { recorders } from "./events.js";
 import { Negotiation } from "./negotiation.js";
 
@@ -235,7 +236,7 @@ export class Commands extends Negotiation {
     }
     // Reads start from zeroes, so that a server that sends too little never
     // leaves stale bytes behind (libnbd's pread_initialize).
-    if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
+    if (type === Cmd.READ && this.preadInitialize) zero(buf!);
     const cmd: Command = {
       cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
       settle: (c, fatal) => this.#finished(c, fatal),
