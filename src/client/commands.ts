@@ -16,6 +16,19 @@ import { Negotiation } from "./negotiation.js";
 
 type Callbacks = Pick<Command, "chunk" | "extent" | "completion">;
 
+/** See Commands.queueable. */
+export interface Queueable {
+  /** The cookie the next command gets. */
+  cookie: number;
+  size: bigint;
+  /** Offsets and counts must be multiples of this (0: any). */
+  align: number;
+  /** The largest write payload. */
+  payload: number;
+  /** Whether a write with no flags would be accepted. */
+  write: boolean;
+}
+
 export class Commands extends Negotiation {
   /** aio commands whose reply is complete, oldest first, until aio_command_completed retires them. */
   protected done: Command[] = [];
@@ -356,6 +369,43 @@ export class Commands extends Negotiation {
   statsChunksSent(): bigint { return BigInt(this.stats.chunksSent); }
   statsBytesReceived(): bigint { return BigInt(this.stats.bytesReceived); }
   statsChunksReceived(): bigint { return BigInt(this.stats.chunksReceived); }
+
+  // ---- aio commands issued from the caller's thread -----------------------------------
+
+  /**
+   * What the caller's thread needs to issue aio reads and writes without
+   * waiting for this connection's answer (handle.ts): the cookie the next
+   * command will get, and the bounds within which #command's checks cannot
+   * refuse one with no flags. Undefined when they might refuse it for
+   * another reason (not READY, a disconnect requested, the server gone) or
+   * when each call must be traced (debug).
+   */
+  queueable(): Queueable | undefined {
+    if (this.phase !== "READY" || this.disconnectRequested || this.peerGone || this.debug) return undefined;
+    const info = this.neg!.export;
+    const write = !(this.strict & STRICT_COMMANDS) ||
+      (!this.isReadOnly() && (!!(this.strict & STRICT_AUTO_FLAG) || !this.#extended()));
+    return { cookie: this.nextCookie, size: info.size, align: info.blockMinimum, payload: info.payloadMaximum, write };
+  }
+
+  /**
+   * A command the caller's thread queued while this connection could take
+   * it, reached only once it could not (it ended meanwhile; libnbd would
+   * have learned that later, in poll): it takes its cookie and completes at
+   * once with `err`, as the commands in flight did.
+   */
+  abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
+    this.nextCookie = Math.max(this.nextCookie, cookie + 1);
+    const cmd: Command = {
+      cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,
+      settle: (c, fatal) => this.#finished(c, fatal),
+    };
+    this.#finished(cmd);
+  }
+
+  /** Requests sent between cork() and uncork() go out together, in one write. */
+  cork(): void { this.transport?.socket.cork(); }
+  uncork(): void { this.transport?.socket.uncork(); }
 
   // ---- aio: completion and the event loop ------------------------------------------
 
