@@ -396,6 +396,7 @@ export class Commands extends Negotiation {
    */
   abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
     this.nextCookie = Math.max(this.nextCookie, cookie + 1);
+    if (type === Cmd.READ && this.preadInitialize) zero(buf); // as if it had been issued: no stale bytes
     const cmd: Command = {
       cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,
       settle: (c, fatal) => this.#finished(c, fatal),
