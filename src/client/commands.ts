@@ -10,7 +10,7 @@ import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../pro
 import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
 import { type Callback, type Command, commandName } from "./command.js";
 import { NbdError } from "./error.js";
-import { zero } from "./zero.js";
+import { zeroGaps } from "./zero.js";
 import { recorders } from "./events.js";
 import { Negotiation } from "./negotiation.js";
 
@@ -247,12 +247,9 @@ export class Commands extends Negotiation {
       this.die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
       throw new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`);
     }
-    // Reads start from zeroes, so that a server that sends too little never
-    // leaves stale bytes behind (libnbd's pread_initialize).
-    if (type === Cmd.READ && this.preadInitialize) zero(buf!);
     const cmd: Command = {
       cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
-      settle: (c, fatal) => this.#finished(c, fatal),
+      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
     };
     this.inflight.set(cmd.cookie, cmd);
     this.#sendRequest(cmd);
@@ -281,6 +278,7 @@ export class Commands extends Negotiation {
    */
   #finished(cmd: Command, fatal?: NbdError): void {
     this.inflight.delete(cmd.cookie);
+    if (cmd.filled) zeroGaps(cmd.buf!, cmd.filled);
     if (cmd.waiter) return cmd.waiter(fatal);
     if (!cmd.aio) return;
     this.emit({ id: 0, args: [cmd.cookie] }); // tells the caller's thread its buffer is ready
@@ -295,6 +293,17 @@ export class Commands extends Negotiation {
       this.done.push(cmd);
     }
     this.progress();
+  }
+
+  /**
+   * libnbd's pread_initialize: no byte of a read's buffer is left stale,
+   * whatever the server sends. Rather than zero the buffer first, as libnbd
+   * does, the read records what it covered and the rest is zeroed when it
+   * ends (zeroGaps): the same outcome, and nothing to do for a read that
+   * the server answered in full.
+   */
+  #initialize(type: Cmd): number[] | undefined {
+    return type === Cmd.READ && this.preadInitialize ? [] : undefined;
   }
 
   #commandError(cmd: Command): NbdError {
@@ -396,10 +405,9 @@ export class Commands extends Negotiation {
    */
   abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
     this.nextCookie = Math.max(this.nextCookie, cookie + 1);
-    if (type === Cmd.READ && this.preadInitialize) zero(buf); // as if it had been issued: no stale bytes
     const cmd: Command = {
       cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,
-      settle: (c, fatal) => this.#finished(c, fatal),
+      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
     };
     this.#finished(cmd);
   }

@@ -83,8 +83,10 @@ export class Session extends Settings {
   /** Plaintext protocol bytes and magic-delimited chunks, each way (libnbd 1.16's stats). */
   readonly stats: Stats = { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 };
 
+  readonly #readBuffer = new Uint8Array(READ_BUFFER_SIZE);
+  /** Where each read goes: a read's data straight into its destination, anything else into one reused buffer. */
   protected readonly onread = {
-    buffer: new Uint8Array(READ_BUFFER_SIZE),
+    buffer: (): Uint8Array => this.parser?.readTarget() ?? this.#readBuffer,
     callback: (n: number, buf: Uint8Array): boolean => {
       this.stats.bytesReceived += n;
       const chunk = buf.subarray(0, n);
