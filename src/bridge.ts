@@ -10,10 +10,10 @@
  */
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import {
-  type Attachments, BEAT_MS, CHANNEL_BYTES, bootstrap, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, callNumber,
+  type Attachments, BEAT_MS, CHANNEL_BYTES, QUEUE_SLOTS, bootstrap, queueFields, slotAt, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, callNumber,
   deathReason, words,
 } from "./channel.js";
-import type { Extra, Reply } from "./dispatch.js";
+import type { Extra, Reply, Shared } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { stopAll } from "./cleanup.js";
 import { NoRoom, Wire } from "./wire.js";
@@ -56,7 +56,26 @@ interface Channel {
   reply: Wire;
   port: MessagePort;
   worker: Worker;
+  queue: Float64Array;
+  /** Commands queued so far. */
+  queued: number;
+  /** Aio buffers the worker knows, by number (see Shared in dispatch.ts), oldest first, and their bytes. */
+  buffers: Map<SharedArrayBuffer, number>;
+  bytes: number;
+  /** Numbers of buffers the worker is to forget, with the next call. */
+  dropped: number[];
 }
+
+/**
+ * How many aio buffers (and bytes) the worker keeps by number: beyond that
+ * the oldest is forgotten, and sent again if it is used again. (A bound, not
+ * garbage collection: a blocking program may never give the event loop the
+ * turn a FinalizationRegistry needs.)
+ */
+const KEPT_BUFFERS = 64;
+const KEPT_BYTES = 256 * 1024 * 1024;
+
+let nextBuffer = 1;
 
 let channel: Channel | undefined;
 let generation = 0;
@@ -82,7 +101,58 @@ function start(): Channel {
     sab, h: words(sab), port: port1, worker,
     request: new Wire(sab, REQUEST_AT, REQUEST_BYTES),
     reply: new Wire(sab, REPLY_AT, REPLY_BYTES),
+    queue: queueFields(sab), queued: 0,
+    buffers: new Map(), bytes: 0, dropped: [],
   };
+}
+
+/**
+ * An aio buffer for the wire (see Shared in dispatch.ts): the memory goes
+ * to the worker once, then only its number does.
+ */
+export function shareBuffer(view: Uint8Array<SharedArrayBuffer>): Shared {
+  const ch = (channel ??= start());
+  const sab = view.buffer;
+  const known = ch.buffers.get(sab);
+  if (known !== undefined) return [known, view.byteOffset, view.byteLength];
+  for (const [old, id] of ch.buffers) {
+    if (ch.buffers.size < KEPT_BUFFERS && ch.bytes + sab.byteLength <= KEPT_BYTES) break;
+    forgetBuffer(ch, old);
+    ch.dropped.push(id);
+  }
+  const id = nextBuffer++;
+  ch.buffers.set(sab, id);
+  ch.bytes += sab.byteLength;
+  return [id, view.byteOffset, view.byteLength, sab];
+}
+
+function forgetBuffer(ch: Channel, sab: SharedArrayBuffer): void {
+  if (!ch.buffers.delete(sab)) return;
+  ch.bytes -= sab.byteLength;
+}
+
+/** The number the worker knows `sab` by, if it knows it. */
+export const knownBuffer = (sab: SharedArrayBuffer): number | undefined => channel?.buffers.get(sab);
+
+/**
+ * Where the fields of the next queued command go (see Queued in
+ * channel.ts): an index into queueFields(), or -1 when the queue is full or
+ * no worker runs (then the command goes by cross()). queued() sends it.
+ */
+export function queueSlot(): number {
+  const ch = channel;
+  if (!ch || ch.queued - Atomics.load(ch.h, Word.TAKEN) >= QUEUE_SLOTS) return -1;
+  return slotAt(ch.queued);
+}
+
+export const queueArray = (): Float64Array => channel!.queue;
+
+/** The command written at queueSlot() is complete: the worker takes it, in order, before anything after it. */
+export function queued(): void {
+  const ch = channel!;
+  Atomics.store(ch.h, Word.QUEUED, ++ch.queued);
+  Atomics.add(ch.h, Word.BELL, 1);
+  Atomics.notify(ch.h, Word.BELL);
 }
 
 export function cross(id: number, name: string, args: unknown[], extra: Extra): Reply | Error {
@@ -90,6 +160,7 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
     const ch = (channel ??= start());
     const n = ++seq;
     const kind = callNumber.get(name) ?? 0;
+    if (ch.dropped.length) extra.drop = ch.dropped.splice(0);
     const call = [id, kind, args, extra];
     ch.request.rewind();
     try {
@@ -100,10 +171,19 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
       ch.request.attached.push(call);
     }
     const attached = ch.request.attached.length ? 1 : 0;
-    if (attached) ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
+    if (attached) {
+      try {
+        ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
+      } catch (e) {
+        // Nothing was sent: the buffers this call would have introduced stay unknown to the worker.
+        for (const v of ch.request.attached) if (v instanceof SharedArrayBuffer) forgetBuffer(ch, v);
+        throw e;
+      }
+    }
     Atomics.store(ch.h, Word.REQUEST_ATTACHED, attached);
     Atomics.store(ch.h, Word.REQUEST, n);
-    Atomics.notify(ch.h, Word.REQUEST);
+    Atomics.add(ch.h, Word.BELL, 1);
+    Atomics.notify(ch.h, Word.BELL);
     wait(ch, n, kind);
     if (Atomics.load(ch.h, Word.REPLY_ON_PORT)) return attachments(ch.port, n)[0] as Reply;
     ch.reply.rewind(Atomics.load(ch.h, Word.REPLY_ATTACHED) ? attachments(ch.port, n) : []);

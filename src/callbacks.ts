@@ -9,6 +9,7 @@
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
 import { type Event, isSpan } from "./client/events.js";
 import { errno } from "./errno.js";
+import { giveStaging } from "./staging.js";
 
 interface Held {
   fn: (...args: unknown[]) => unknown;
@@ -19,10 +20,19 @@ interface Held {
   cookie?: number;
 }
 
-/** An aio command in flight: its callbacks, and where its data must be copied when it is done. */
+/**
+ * Where an aio command's data must be copied when it is done (`to`, for a
+ * read), and the staging buffer it went through, which is then given back.
+ */
+export interface Staged {
+  to?: Uint8Array;
+  from: Uint8Array<SharedArrayBuffer>;
+}
+
+/** An aio command in flight: its callbacks, and its staging buffer. */
 interface Aio {
   ids: number[];
-  copy?: { to: Uint8Array; from: Uint8Array };
+  staged?: Staged;
 }
 
 /** How the callbacks of a blocking call went: their failure fails the call. */
@@ -72,10 +82,10 @@ export class Callbacks {
     for (const id of ids) this.#held.delete(id);
   }
 
-  /** An aio call returned `cookie`: its callbacks live until the command is done. */
-  adopt(cookie: number, ids: number[], copy?: Aio["copy"]): void {
+  /** An aio call returned `cookie`: its callbacks (and staging buffer) live until the command is done. */
+  adopt(cookie: number, ids: number[], staged?: Staged): void {
     for (const id of ids) this.#held.get(id)!.cookie = cookie;
-    this.#aio.set(cookie, { ids, ...(copy && { copy }) });
+    this.#aio.set(cookie, staged ? { ids, staged } : { ids });
   }
 
   replay(events: readonly Event[] | undefined): Replayed {
@@ -86,8 +96,11 @@ export class Callbacks {
     for (const ev of events ?? []) {
       if (ev.id === DONE) {
         const cookie = ev.args[0] as number;
-        const copy = this.#aio.get(cookie)?.copy;
-        if (copy) copy.to.set(copy.from);
+        const staged = this.#aio.get(cookie)?.staged;
+        if (staged) {
+          staged.to?.set(staged.from);
+          giveStaging(staged.from);
+        }
         done.push(cookie);
         continue;
       }

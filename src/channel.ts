@@ -4,7 +4,10 @@
  * the request being made and the reply to it. The caller writes a request
  * and bumps REQUEST; the worker answers and sets REPLY to the same number.
  * Neither side sends a message unless a value cannot live in shared memory
- * (see wire.ts). Both sides import this file, so the layout is in one place.
+ * (see wire.ts). Beside the request there is a queue of aio commands the
+ * caller issued without waiting (see handle.ts), which the worker takes in
+ * order, always before the next request. Both sides import this file, so
+ * the layout is in one place.
  */
 import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { API } from "./api/table.js";
@@ -27,7 +30,30 @@ export const enum Word {
   REPLY_ON_PORT,
   /** Set by the worker once it runs: until then a silent worker is starting, not lost. */
   STARTED,
+  /** Bumped by the caller for every request and every queued command: what a sleeping worker waits on. */
+  BELL,
+  /** How many commands the caller has queued, and how many the worker has taken. */
+  QUEUED,
+  TAKEN,
 }
+
+/** A queued aio command: Float64 fields of a queue slot. */
+export const enum Queued {
+  HANDLE,
+  /** Its call number (aioPread, aioPwrite). */
+  CALL,
+  /** The cookie the caller gave out for it (the worker's next one: see Commands.queueable). */
+  COOKIE,
+  OFFSET,
+  /** Its buffer: a shared buffer the worker knows by this number, and where in it. */
+  BUFFER,
+  AT,
+  LENGTH,
+  /** The id of its completion callback, or 0. */
+  COMPLETION,
+}
+export const QUEUE_SLOTS = 256;
+const SLOT_FIELDS = 8;
 
 const HEADER_BYTES = 64;
 const DEATH_BYTES = 1024;
@@ -37,7 +63,12 @@ export const REPLY_BYTES = 256 * 1024;
 export const DEATH_AT = HEADER_BYTES;
 export const REQUEST_AT = DEATH_AT + DEATH_BYTES;
 export const REPLY_AT = REQUEST_AT + REQUEST_BYTES;
-export const CHANNEL_BYTES = REPLY_AT + REPLY_BYTES;
+export const QUEUE_AT = REPLY_AT + REPLY_BYTES;
+export const CHANNEL_BYTES = QUEUE_AT + QUEUE_SLOTS * SLOT_FIELDS * 8;
+
+/** The queue's slots, one after another; the fields of the i-th command queued start at slotAt(i). */
+export const queueFields = (sab: SharedArrayBuffer): Float64Array => new Float64Array(sab, QUEUE_AT, QUEUE_SLOTS * SLOT_FIELDS);
+export const slotAt = (i: number): number => (i % QUEUE_SLOTS) * SLOT_FIELDS;
 
 /** The header words of a channel's buffer. */
 export const words = (sab: SharedArrayBuffer): Int32Array => new Int32Array(sab, 0, HEADER_BYTES / 4);

@@ -1,15 +1,21 @@
 /**
  * The worker side of the bridge: handles by id, each a Connection plus the
  * SharedArrayBuffer that carries its data. Buffers arrive as lengths and are
- * turned into views of that memory; everything else goes to invoke(), which
- * never throws, so the worker only ever returns plain records.
+ * turned into views of that memory; an aio buffer is shared memory of its
+ * own, known by a number once it has been sent; everything else goes to
+ * invoke(), which never throws, so the worker only ever returns plain
+ * records. Aio commands the caller queued (issueQueued) go straight to the
+ * Connection.
  */
 import { Connection } from "./client/connection.js";
 import { errno } from "./errno.js";
-import { invoke, type Outcome } from "./api/invoke.js";
+import { asNbdError } from "./client/error.js";
+import { invoke, recorder, type Outcome } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
 import { isBytes, isPersist } from "./api/types.js";
 import type { Settlement } from "./callbacks.js";
+import { CALLS, Queued, slotAt } from "./channel.js";
+import { Cmd } from "./protocol/constants.js";
 
 /** What rides along with a call, besides its arguments. */
 export interface Extra {
@@ -19,18 +25,43 @@ export interface Extra {
   env?: NodeJS.ProcessEnv;
   /** What the caller's callbacks decided about aio commands (see callbacks.ts). */
   settle?: Settlement[];
+  /** Aio buffers the caller no longer has: their numbers (see Shared). */
+  drop?: number[];
 }
+
+/**
+ * An aio buffer on the wire: the number the worker knows its shared memory
+ * by, where the view starts and its length; the memory itself comes along
+ * the first time.
+ */
+export type Shared = [id: number, at: number, length: number, sab?: SharedArrayBuffer];
+
+/**
+ * Whether the caller may queue aio reads and writes on this handle without
+ * waiting (Commands.queueable): [next cookie, export size, alignment, largest
+ * write, writes allowed], refreshed by every reply for the handle.
+ */
+export type QueueFacts = [cookie: number, size: number, align: number, payload: number, write: boolean];
 
 export interface Reply extends Outcome {
   /** Whether the handle zeroes read buffers (so a failed read leaves zeroes). */
   init?: boolean;
   /** A server process or socket dir that the main thread must clean up at exit. */
   cleanup?: { pid?: number; dir?: string };
+  /** Absent: the caller may not queue commands on the handle now. */
+  queue?: QueueFacts;
 }
 
 interface Slot { conn: Connection; sab: SharedArrayBuffer }
 
 const slots = new Map<number, Slot>();
+/** Aio buffers by number. */
+const buffers = new Map<number, SharedArrayBuffer>();
+
+function shared([id, at, length, sab]: Shared): Uint8Array {
+  if (sab) buffers.set(id, sab);
+  return new Uint8Array(buffers.get(id)!, at, length);
+}
 
 /**
  * A buffer too large to be sent at all (over libnbd's 64 MiB limit) is
@@ -62,22 +93,60 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     });
   }
   if (extra.sab) slot.sab = extra.sab;
+  for (const id of extra.drop ?? []) buffers.delete(id);
   for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);
   const call = API[name as CallName];
   call.args.forEach((arg, i) => {
     const v = args[i];
     if (!isBytes(arg)) return;
     if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
-    else if (typeof v === "object" && v !== null && "sab" in v) {
-      const { sab, offset, length } = v as { sab: SharedArrayBuffer; offset: number; length: number };
-      args[i] = new Uint8Array(sab, offset, length); // an aio buffer: memory of its own
-    }
+    else if (Array.isArray(v)) args[i] = shared(v as Shared); // an aio buffer: memory of its own
   });
   const outcome = invoke(slot.conn, name as CallName, args, extra.env);
   const finish = (reply: Reply): Reply => {
     if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
     if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
+    const queue = slot.conn.queueable();
+    if (queue && queue.size <= BigInt(Number.MAX_SAFE_INTEGER)) {
+      reply.queue = [queue.cookie, Number(queue.size), queue.align, queue.payload, queue.write];
+    }
     return reply;
   };
   return outcome instanceof Promise ? outcome.then(finish) : finish(outcome);
+}
+
+/**
+ * Issues the aio commands the caller queued (see handle.ts), the first to
+ * the end-th, from the queue's fields (`slotAt` finds each). Each handle's
+ * requests go out together, in one write. The caller checked what the
+ * Connection would check with the facts of its last reply; if the
+ * connection has ended since, the command completes at once with the
+ * error, as if it had been in flight.
+ */
+export function issueQueued(q: Float64Array, first: number, end: number): void {
+  const corked = new Set<Connection>();
+  for (let i = first; i < end; i++) {
+    const at = slotAt(i);
+    const conn = slots.get(q[at + Queued.HANDLE]!)?.conn;
+    if (!conn) continue;
+    if (!corked.has(conn)) {
+      corked.add(conn);
+      conn.cork();
+    }
+    const write = CALLS[q[at + Queued.CALL]!] === "aioPwrite";
+    const cookie = q[at + Queued.COOKIE]!;
+    const offset = BigInt(q[at + Queued.OFFSET]!);
+    const sab = buffers.get(q[at + Queued.BUFFER]!);
+    const buf = sab ? new Uint8Array(sab, q[at + Queued.AT]!, q[at + Queued.LENGTH]!) : new Uint8Array(0);
+    const id = q[at + Queued.COMPLETION]!;
+    const completion = id ? recorder(conn, id) : undefined;
+    try {
+      if (!sab) throw new Error("nbd-ts: a queued command's buffer is unknown to the worker");
+      const ret = write ? conn.aioPwrite(buf, offset, completion, 0) : conn.aioPread(buf, offset, completion, 0);
+      if (Number(ret) !== cookie) throw new Error(`nbd-ts: queued command got cookie ${ret}, not ${cookie}`);
+    } catch (e) {
+      conn.abandonQueued(write ? Cmd.WRITE : Cmd.READ, cookie, offset, buf, completion, asNbdError(e, errno.EIO).errno || errno.ENOTCONN);
+    }
+  }
+  for (const conn of corked) conn.uncork();
 }

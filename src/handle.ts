@@ -9,9 +9,11 @@ import { API, type CallName } from "./api/table.js";
 import type { HandleMethods } from "./api/handle-methods.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
-import { Callbacks } from "./callbacks.js";
-import { bridgeErrno, cross, workerGeneration } from "./bridge.js";
-import type { Extra, Reply } from "./dispatch.js";
+import { Callbacks, type Staged } from "./callbacks.js";
+import { bridgeErrno, cross, knownBuffer, queueArray, queueSlot, queued, shareBuffer, workerGeneration } from "./bridge.js";
+import { Queued, callNumber } from "./channel.js";
+import type { Extra, QueueFacts, Reply } from "./dispatch.js";
+import { giveStaging, takeStaging } from "./staging.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
@@ -27,6 +29,8 @@ interface Slot {
   closed: boolean;
   /** The worker that runs it; if that worker died, so did the handle. */
   readonly generation: number;
+  /** Set while aio reads and writes may be queued without waiting (see queue()). */
+  queue?: QueueFacts | undefined;
 }
 
 const slots = new WeakMap<Handle, Slot>();
@@ -87,8 +91,15 @@ function reserve(slot: Slot, n: number): Uint8Array {
   return new Uint8Array(slot.sab, 0, n);
 }
 
+interface Marshalled {
+  wire: unknown;
+  /** What spans of shared memory in callback events map onto. */
+  view?: Uint8Array;
+  staged?: Staged;
+}
+
 /** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
-function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): { wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array } } {
+function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): Marshalled {
   if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
   if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
   if (!persist) {
@@ -96,17 +107,63 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
     if (!out) shared.set(user);
     return { wire: user.byteLength, view: user };
   }
-  // An aio buffer must outlive the call: the caller's own shared memory, or a copy.
+  // An aio buffer must outlive the call: the caller's own shared memory, or a staging copy.
   if (user.buffer instanceof SharedArrayBuffer) {
-    return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
+    return { wire: shareBuffer(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer) };
   }
-  const staging = new Uint8Array(new SharedArrayBuffer(user.byteLength));
-  if (!out) staging.set(user);
-  return {
-    wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
-    view: staging,
-    ...(out && { copy: { to: user, from: staging } }),
-  };
+  const from = takeStaging(user.byteLength);
+  if (!out) from.set(user);
+  return { wire: shareBuffer(from), view: from, staged: out ? { to: user, from } : { from } };
+}
+
+/** The aio calls a caller may issue by queueing them, and whether they write. */
+const QUEUEABLE: Partial<Record<CallName, boolean>> = { aioPread: false, aioPwrite: true };
+
+/**
+ * aio_pread and aio_pwrite without waiting for the worker: when the facts
+ * of the handle's last reply show that the Connection's checks would pass
+ * (connected, in bounds, aligned, no flags), the command goes into the
+ * shared queue under the cookie the worker will give it, and the call
+ * returns that cookie at once; the worker issues it before anything the
+ * caller asks later. Undefined when it cannot be queued: the call crosses.
+ */
+function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined {
+  const facts = slot.queue;
+  if (!facts || args.length > 4) return undefined;
+  const [buf, offset, completion, flags] = args;
+  if (!(buf instanceof Uint8Array) || (flags !== undefined && flags !== 0)) return undefined;
+  if (completion != null && typeof completion !== "function") return undefined;
+  const at = typeof offset === "bigint" && offset <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(offset) : offset;
+  const n = buf.byteLength;
+  const [cookie, size, align, payload, writable] = facts;
+  if (typeof at !== "number" || !Number.isInteger(at) || at < 0 || n === 0 || n > MAX_REQUEST_SIZE || at + n > size) return undefined;
+  if (align > 1 && (at % align !== 0 || n % align !== 0)) return undefined;
+  if (write && (!writable || n > payload)) return undefined;
+  const place = queueSlot();
+  if (place < 0) return undefined;
+  const shared = buf.buffer instanceof SharedArrayBuffer;
+  const from = shared ? (buf as Uint8Array<SharedArrayBuffer>) : takeStaging(n);
+  const known = knownBuffer(from.buffer);
+  if (known === undefined) {
+    if (!shared) giveStaging(from); // the call crosses, and the worker learns this buffer
+    return undefined;
+  }
+  const staged: Staged | undefined = shared ? undefined : write ? { from } : { to: buf, from };
+  if (write && !shared) from.set(buf);
+  const ids = typeof completion === "function" ? [slot.callbacks.hold(completion as never, "completion")] : [];
+  const q = queueArray();
+  q[place + Queued.HANDLE] = slot.id;
+  q[place + Queued.CALL] = callNumber.get(write ? "aioPwrite" : "aioPread")!;
+  q[place + Queued.COOKIE] = cookie;
+  q[place + Queued.OFFSET] = at;
+  q[place + Queued.BUFFER] = known;
+  q[place + Queued.AT] = from.byteOffset;
+  q[place + Queued.LENGTH] = n;
+  q[place + Queued.COMPLETION] = ids[0] ?? 0;
+  queued();
+  facts[0] = cookie + 1;
+  slot.callbacks.adopt(cookie, ids, staged);
+  return BigInt(cookie);
 }
 
 function method(name: CallName, call: Call) {
@@ -116,6 +173,7 @@ function method(name: CallName, call: Call) {
   const out = bytes >= 0 && isOut(all[bytes]!);
   const persist = bytes >= 0 && isPersist(all[bytes]!);
   const closures = all.flatMap((a, i) => (a.kind === "closure" ? [{ i, shape: a.shape }] : []));
+  const queueable = QUEUEABLE[name];
 
   return function (this: Handle, ...args: unknown[]): unknown {
     const slot = slots.get(this);
@@ -124,6 +182,10 @@ function method(name: CallName, call: Call) {
       // Its worker died: the handle is DEAD, as libnbd's after a fatal error.
       if (name.startsWith("aioIs")) return name === "aioIsDead" ? 1 : 0;
       return fail(call, workerDied.format(context), workerDied.errno);
+    }
+    if (queueable !== undefined) {
+      const cookie = queue(slot, queueable, args);
+      if (cookie !== undefined) return cookie;
     }
     const extra: Extra = {};
     const user = args[bytes];
@@ -147,8 +209,10 @@ function method(name: CallName, call: Call) {
     if (reply instanceof Error) {
       if (extra.sab) slot.sabChanged = true;
       slot.callbacks.drop(ids);
+      if (buffer?.staged) giveStaging(buffer.staged.from);
       return fail(call, `${context}: ${reply.message}`, bridgeErrno(reply));
     }
+    slot.queue = reply.queue;
     if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
       if (reply.errno === undefined || reply.events) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
@@ -156,8 +220,11 @@ function method(name: CallName, call: Call) {
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
-    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy);
-    else if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.staged);
+    else {
+      if (buffer?.staged) giveStaging(buffer.staged.from);
+      if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    }
     const replayed = slot.callbacks.replay(reply.events);
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);
     else if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it

@@ -1,6 +1,7 @@
 /**
- * The worker's side of the bridge: it watches the shared REQUEST word,
- * runs each call (dispatch.ts) and writes the reply into shared memory,
+ * The worker's side of the bridge: it watches the shared BELL word, issues
+ * the aio commands queued since it last looked, runs each call
+ * (dispatch.ts) and writes the reply into shared memory,
  * then sets REPLY and notifies, from wherever the call finished (for a
  * read, the socket's read callback). After a reply it keeps its event loop
  * turning for a moment (HOT_US), so that the caller's next request, which
@@ -8,8 +9,10 @@
  * to be woken; after that it sleeps in Atomics.waitAsync until notified.
  */
 import type { MessagePort } from "node:worker_threads";
-import { type Attachments, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, words } from "./channel.js";
-import { type Reply, dispatch } from "./dispatch.js";
+import {
+  type Attachments, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, queueFields, words,
+} from "./channel.js";
+import { type Reply, dispatch, issueQueued } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { errorValue } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
@@ -24,6 +27,8 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
   const request = new Wire(sab, REQUEST_AT, REQUEST_BYTES);
   const reply = new Wire(sab, REPLY_AT, REPLY_BYTES);
   let seen = 0; // requests are numbered from 1: one may be waiting already
+  const queue = queueFields(sab);
+  let taken = 0;
   let hotUntil = 0;
   /** A look is due on the next turn of the loop. */
   let scheduled = false;
@@ -46,8 +51,23 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
     setImmediate(look);
   };
 
+  /** Issues what was queued, in order. */
+  function drain(): void {
+    const queued = Atomics.load(h, Word.QUEUED);
+    if (queued === taken) return;
+    const first = taken;
+    taken = queued;
+    try {
+      issueQueued(queue, first, queued);
+    } finally {
+      Atomics.store(h, Word.TAKEN, queued);
+    }
+  }
+
   function look(): void {
     scheduled = false;
+    const bell = Atomics.load(h, Word.BELL); // before looking: a ring after it ends the sleep below at once
+    drain();
     const seq = Atomics.load(h, Word.REQUEST);
     if (seq !== seen) {
       seen = seq;
@@ -56,7 +76,7 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
     if (scheduled) return; // answered at once: the next look is already due
     if (performance.now() < hotUntil) return soon();
     const mine = ++sleep;
-    const wait = Atomics.waitAsync(h, Word.REQUEST, seen);
+    const wait = Atomics.waitAsync(h, Word.BELL, bell);
     if (!wait.async) return soon(); // a request came in meanwhile
     void wait.value.then(() => { if (mine === sleep && !scheduled) look(); });
   }
@@ -66,6 +86,7 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
     let out: Reply | Promise<Reply>;
     let name = "";
     try {
+      drain(); // what was queued before this request goes first
       request.rewind(Atomics.load(h, Word.REQUEST_ATTACHED) ? attachments(port, seq) : []);
       const [id, call, args, extra] = request.read() as [number, number, unknown[], object];
       name = CALLS[call]!;

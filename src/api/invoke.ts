@@ -14,7 +14,7 @@ import { API, type CallName } from "./table.js";
 import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
 
 /** A callback that records its calls for the caller's thread (which holds the real one). */
-function recorder(conn: Connection, id: number) {
+export function recorder(conn: Connection, id: number) {
   const fn = (...args: unknown[]): number => {
     conn.emit({ id, args: args.map((a) => (a instanceof Uint8Array ? span(a) : a)) });
     return 0;
