@@ -10,10 +10,10 @@
  */
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import {
-  type Attachments, BEAT_MS, CHANNEL_BYTES, QUEUE_SLOTS, bootstrap, queueFields, slotAt, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, callNumber,
+  type Attachments, type Registration, BEAT_MS, CHANNEL_BYTES, QUEUE_SLOTS, bootstrap, queueFields, slotAt, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, callNumber,
   deathReason, words,
 } from "./channel.js";
-import type { Extra, Reply, Shared } from "./dispatch.js";
+import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { stopAll } from "./cleanup.js";
 import { NoRoom, Wire } from "./wire.js";
@@ -62,8 +62,9 @@ interface Channel {
   /** Aio buffers the worker knows, by number (see Shared in dispatch.ts), oldest first, and their bytes. */
   buffers: Map<SharedArrayBuffer, number>;
   bytes: number;
-  /** Numbers of buffers the worker is to forget, with the next call. */
-  dropped: number[];
+  /** Where the worker learns and forgets them (see Registration in channel.ts), and how many messages went. */
+  registry: MessagePort;
+  registrations: number;
 }
 
 /**
@@ -78,6 +79,9 @@ const KEPT_BYTES = 256 * 1024 * 1024;
 let nextBuffer = 1;
 
 let channel: Channel | undefined;
+
+/** How many calls crossed to the worker and how many aio commands were queued instead (for tests and the bench). */
+export const bridgeStats = { crossed: 0, queued: 0 };
 let generation = 0;
 let seq = 0;
 
@@ -91,9 +95,12 @@ class WorkerLost extends Error {}
 function start(): Channel {
   const sab = new SharedArrayBuffer(CHANNEL_BYTES);
   const { port1, port2 } = new MessageChannel();
+  const registry = new MessageChannel();
   // No execArgv of ours (--eval, --input-type...) belongs in the worker; NBD_TS_WORKER_EXEC_ARGV can add some (--cpu-prof).
   const execArgv = process.env.NBD_TS_WORKER_EXEC_ARGV?.split(" ").filter(Boolean) ?? [];
-  const worker = new Worker(bootstrap(WORKER), { eval: true, execArgv, workerData: { sab, port: port2 }, transferList: [port2] });
+  const worker = new Worker(bootstrap(WORKER), {
+    eval: true, execArgv, workerData: { sab, port: port2, registry: registry.port2 }, transferList: [port2, registry.port2],
+  });
   worker.unref();
   // Its 'error' event comes later, where nobody waits: the call that found the worker gone has already failed.
   worker.on("error", () => {});
@@ -102,37 +109,34 @@ function start(): Channel {
     request: new Wire(sab, REQUEST_AT, REQUEST_BYTES),
     reply: new Wire(sab, REPLY_AT, REPLY_BYTES),
     queue: queueFields(sab), queued: 0,
-    buffers: new Map(), bytes: 0, dropped: [],
+    buffers: new Map(), bytes: 0, registry: registry.port1, registrations: 0,
   };
 }
 
 /**
- * An aio buffer for the wire (see Shared in dispatch.ts): the memory goes
- * to the worker once, then only its number does.
+ * The number the worker knows an aio buffer by (see Shared in dispatch.ts).
+ * A buffer new to it is sent on the registry port first, with the numbers
+ * of any it is to forget; the worker reads that port before it takes the
+ * next call or queued command, so no call has to cross for it.
  */
-export function shareBuffer(view: Uint8Array<SharedArrayBuffer>): Shared {
+export function bufferId(sab: SharedArrayBuffer): number {
   const ch = (channel ??= start());
-  const sab = view.buffer;
   const known = ch.buffers.get(sab);
-  if (known !== undefined) return [known, view.byteOffset, view.byteLength];
+  if (known !== undefined) return known;
+  const forget: number[] = [];
   for (const [old, id] of ch.buffers) {
     if (ch.buffers.size < KEPT_BUFFERS && ch.bytes + sab.byteLength <= KEPT_BYTES) break;
-    forgetBuffer(ch, old);
-    ch.dropped.push(id);
+    ch.buffers.delete(old);
+    ch.bytes -= old.byteLength;
+    forget.push(id);
   }
   const id = nextBuffer++;
   ch.buffers.set(sab, id);
   ch.bytes += sab.byteLength;
-  return [id, view.byteOffset, view.byteLength, sab];
+  ch.registry.postMessage({ id, sab, forget } satisfies Registration);
+  Atomics.store(ch.h, Word.REGISTERED, ++ch.registrations);
+  return id;
 }
-
-function forgetBuffer(ch: Channel, sab: SharedArrayBuffer): void {
-  if (!ch.buffers.delete(sab)) return;
-  ch.bytes -= sab.byteLength;
-}
-
-/** The number the worker knows `sab` by, if it knows it. */
-export const knownBuffer = (sab: SharedArrayBuffer): number | undefined => channel?.buffers.get(sab);
 
 /**
  * Where the fields of the next queued command go (see Queued in
@@ -150,6 +154,7 @@ export const queueArray = (): Float64Array => channel!.queue;
 /** The command written at queueSlot() is complete: the worker takes it, in order, before anything after it. */
 export function queued(): void {
   const ch = channel!;
+  bridgeStats.queued++;
   Atomics.store(ch.h, Word.QUEUED, ++ch.queued);
   Atomics.add(ch.h, Word.BELL, 1);
   Atomics.notify(ch.h, Word.BELL);
@@ -159,33 +164,23 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
   try {
     const ch = (channel ??= start());
     const n = ++seq;
+    bridgeStats.crossed++;
     const kind = callNumber.get(name) ?? 0;
-    if (ch.dropped.length) extra.drop = ch.dropped.splice(0);
     const call = [id, kind, args, extra];
     ch.request.rewind();
     try {
       ch.request.write(call);
     } catch (e) {
       if (!(e instanceof NoRoom)) throw e;
-      ch.request.rewind();
-      ch.request.attached.push(call);
+      ch.request.attachWhole(call);
     }
     const attached = ch.request.attached.length ? 1 : 0;
-    if (attached) {
-      try {
-        ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
-      } catch (e) {
-        // Nothing was sent: the buffers this call would have introduced stay unknown to the worker.
-        for (const v of ch.request.attached) if (v instanceof SharedArrayBuffer) forgetBuffer(ch, v);
-        throw e;
-      }
-    }
+    if (attached) ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
     Atomics.store(ch.h, Word.REQUEST_ATTACHED, attached);
     Atomics.store(ch.h, Word.REQUEST, n);
     Atomics.add(ch.h, Word.BELL, 1);
     Atomics.notify(ch.h, Word.BELL);
     wait(ch, n, kind);
-    if (Atomics.load(ch.h, Word.REPLY_ON_PORT)) return attachments(ch.port, n)[0] as Reply;
     ch.reply.rewind(Atomics.load(ch.h, Word.REPLY_ATTACHED) ? attachments(ch.port, n) : []);
     return ch.reply.read() as Reply;
   } catch (err) {

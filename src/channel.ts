@@ -26,8 +26,6 @@ export const enum Word {
   REQUEST_ATTACHED,
   /** The reply's values came with attachments. */
   REPLY_ATTACHED,
-  /** The reply did not fit the shared area: all of it is on the port. */
-  REPLY_ON_PORT,
   /** Set by the worker once it runs: until then a silent worker is starting, not lost. */
   STARTED,
   /** Bumped by the caller for every request and every queued command: what a sleeping worker waits on. */
@@ -35,7 +33,12 @@ export const enum Word {
   /** How many commands the caller has queued, and how many the worker has taken. */
   QUEUED,
   TAKEN,
+  /** How many messages the caller has sent on the registry port (see Registration). */
+  REGISTERED,
 }
+
+/** An aio buffer the worker is to know by `id` from now on, and the numbers of those it is to forget. */
+export interface Registration { id: number; sab: SharedArrayBuffer; forget: number[] }
 
 /** A queued aio command: Float64 fields of a queue slot. */
 export const enum Queued {
@@ -77,7 +80,7 @@ export const words = (sab: SharedArrayBuffer): Int32Array => new Int32Array(sab,
  * Calls go by number: the table's calls, then the bridge's own. Both
  * threads build this list from the same table, so the numbers agree.
  */
-export const CALLS: readonly string[] = ["create", "close", "__exit__", ...Object.keys(API)];
+export const CALLS: readonly string[] = ["create", "close", "__exit__", "__hang__", ...Object.keys(API)];
 export const callNumber = new Map(CALLS.map((name, i) => [name, i]));
 
 /** How often a worker with a call in progress says it is alive, and how long the caller waits for a sign. */

@@ -10,11 +10,11 @@
 import { Connection } from "./client/connection.js";
 import { errno } from "./errno.js";
 import { asNbdError } from "./client/error.js";
-import { invoke, recorder, type Outcome } from "./api/invoke.js";
+import { errorValue, invoke, recorder, type Outcome } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
-import { isBytes, isPersist } from "./api/types.js";
+import { cName, isBytes, isPersist } from "./api/types.js";
 import type { Settlement } from "./callbacks.js";
-import { CALLS, Queued, slotAt } from "./channel.js";
+import { CALLS, Queued, type Registration, slotAt } from "./channel.js";
 import { Cmd } from "./protocol/constants.js";
 
 /** What rides along with a call, besides its arguments. */
@@ -25,16 +25,13 @@ export interface Extra {
   env?: NodeJS.ProcessEnv;
   /** What the caller's callbacks decided about aio commands (see callbacks.ts). */
   settle?: Settlement[];
-  /** Aio buffers the caller no longer has: their numbers (see Shared). */
-  drop?: number[];
 }
 
 /**
  * An aio buffer on the wire: the number the worker knows its shared memory
- * by, where the view starts and its length; the memory itself comes along
- * the first time.
+ * by (see bufferId in bridge.ts), where the view starts and its length.
  */
-export type Shared = [id: number, at: number, length: number, sab?: SharedArrayBuffer];
+export type Shared = [id: number, at: number, length: number];
 
 /**
  * Whether the caller may queue aio reads and writes on this handle without
@@ -58,9 +55,16 @@ const slots = new Map<number, Slot>();
 /** Aio buffers by number. */
 const buffers = new Map<number, SharedArrayBuffer>();
 
-function shared([id, at, length, sab]: Shared): Uint8Array {
-  if (sab) buffers.set(id, sab);
-  return new Uint8Array(buffers.get(id)!, at, length);
+/** What the caller sent on the registry port. */
+export function register({ id, sab, forget }: Registration): void {
+  for (const old of forget) buffers.delete(old);
+  buffers.set(id, sab);
+}
+
+/** An aio buffer's view; undefined only if the caller's registry and the worker's disagree (a bug). */
+function shared([id, at, length]: Shared): Uint8Array | undefined {
+  const sab = buffers.get(id);
+  return sab && new Uint8Array(sab, at, length);
 }
 
 /**
@@ -74,8 +78,9 @@ function lengthOnly(n: number): Uint8Array {
 
 /** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
 export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
-  // A worker crash on demand, for the tests of what a crash does (never otherwise).
+  // A worker that crashes or wedges on demand, for the tests of what that does (never otherwise).
   if (name === "__exit__" && process.env.NBD_TS_TEST_HOOKS === "1") process.exit(70);
+  if (name === "__hang__" && process.env.NBD_TS_TEST_HOOKS === "1") for (;;);
   if (name === "create") {
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment
@@ -93,15 +98,18 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     });
   }
   if (extra.sab) slot.sab = extra.sab;
-  for (const id of extra.drop ?? []) buffers.delete(id);
   for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);
   const call = API[name as CallName];
-  call.args.forEach((arg, i) => {
+  for (let i = 0; i < call.args.length; i++) {
+    const arg = call.args[i]!;
     const v = args[i];
-    if (!isBytes(arg)) return;
+    if (!isBytes(arg)) continue;
     if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
-    else if (Array.isArray(v)) args[i] = shared(v as Shared); // an aio buffer: memory of its own
-  });
+    else if (Array.isArray(v)) {
+      args[i] = shared(v as Shared); // an aio buffer: memory of its own
+      if (!args[i]) return { ret: errorValue(call.ret), errno: errno.EIO, msg: `${cName(name, call)}: nbd-ts: an aio buffer unknown to the worker` };
+    }
+  }
   const outcome = invoke(slot.conn, name as CallName, args, extra.env);
   const finish = (reply: Reply): Reply => {
     if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;

@@ -10,9 +10,9 @@ import type { HandleMethods } from "./api/handle-methods.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
 import { Callbacks, type Staged } from "./callbacks.js";
-import { bridgeErrno, cross, knownBuffer, queueArray, queueSlot, queued, shareBuffer, workerGeneration } from "./bridge.js";
+import { bridgeErrno, bufferId, cross, queueArray, queueSlot, queued, workerGeneration } from "./bridge.js";
 import { Queued, callNumber } from "./channel.js";
-import type { Extra, QueueFacts, Reply } from "./dispatch.js";
+import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
 import { giveStaging, takeStaging } from "./staging.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
@@ -109,12 +109,14 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   }
   // An aio buffer must outlive the call: the caller's own shared memory, or a staging copy.
   if (user.buffer instanceof SharedArrayBuffer) {
-    return { wire: shareBuffer(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer) };
+    return { wire: shared(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer) };
   }
   const from = takeStaging(user.byteLength);
   if (!out) from.set(user);
-  return { wire: shareBuffer(from), view: from, staged: out ? { to: user, from } : { from } };
+  return { wire: shared(from), view: from, staged: out ? { to: user, from } : { from } };
 }
+
+const shared = (view: Uint8Array<SharedArrayBuffer>): Shared => [bufferId(view.buffer), view.byteOffset, view.byteLength];
 
 /** The aio calls a caller may issue by queueing them, and whether they write. */
 const QUEUEABLE: Partial<Record<CallName, boolean>> = { aioPread: false, aioPwrite: true };
@@ -141,22 +143,17 @@ function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined 
   if (write && (!writable || n > payload)) return undefined;
   const place = queueSlot();
   if (place < 0) return undefined;
-  const shared = buf.buffer instanceof SharedArrayBuffer;
-  const from = shared ? (buf as Uint8Array<SharedArrayBuffer>) : takeStaging(n);
-  const known = knownBuffer(from.buffer);
-  if (known === undefined) {
-    if (!shared) giveStaging(from); // the call crosses, and the worker learns this buffer
-    return undefined;
-  }
-  const staged: Staged | undefined = shared ? undefined : write ? { from } : { to: buf, from };
-  if (write && !shared) from.set(buf);
+  const own = buf.buffer instanceof SharedArrayBuffer;
+  const from = own ? (buf as Uint8Array<SharedArrayBuffer>) : takeStaging(n);
+  const staged: Staged | undefined = own ? undefined : write ? { from } : { to: buf, from };
+  if (write && !own) from.set(buf);
   const ids = typeof completion === "function" ? [slot.callbacks.hold(completion as never, "completion")] : [];
   const q = queueArray();
   q[place + Queued.HANDLE] = slot.id;
   q[place + Queued.CALL] = callNumber.get(write ? "aioPwrite" : "aioPread")!;
   q[place + Queued.COOKIE] = cookie;
   q[place + Queued.OFFSET] = at;
-  q[place + Queued.BUFFER] = known;
+  q[place + Queued.BUFFER] = bufferId(from.buffer);
   q[place + Queued.AT] = from.byteOffset;
   q[place + Queued.LENGTH] = n;
   q[place + Queued.COMPLETION] = ids[0] ?? 0;

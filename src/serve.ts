@@ -8,11 +8,11 @@
  * usually follows within microseconds, is seen without the worker having
  * to be woken; after that it sleeps in Atomics.waitAsync until notified.
  */
-import type { MessagePort } from "node:worker_threads";
+import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import {
-  type Attachments, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, queueFields, words,
+  type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, queueFields, words,
 } from "./channel.js";
-import { type Reply, dispatch, issueQueued } from "./dispatch.js";
+import { type Reply, dispatch, issueQueued, register } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { errorValue } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
@@ -22,7 +22,7 @@ import { NoRoom, Wire } from "./wire.js";
 /** How long the worker looks for the next request before it sleeps (µs). */
 const HOT_US = Number(process.env.NBD_TS_WORKER_HOT_US ?? 200);
 
-export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
+export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: MessagePort): void {
   const h = words(sab);
   const request = new Wire(sab, REQUEST_AT, REQUEST_BYTES);
   const reply = new Wire(sab, REPLY_AT, REPLY_BYTES);
@@ -51,8 +51,16 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
     setImmediate(look);
   };
 
-  /** Issues what was queued, in order. */
+  let registered = 0;
+
+  /** Learns the aio buffers the caller registered, then issues what it queued, in order. */
   function drain(): void {
+    if (Atomics.load(h, Word.REGISTERED) !== registered) {
+      for (let m = receiveMessageOnPort(registry); m; m = receiveMessageOnPort(registry)) {
+        register(m.message as Registration);
+        registered++;
+      }
+    }
     const queued = Atomics.load(h, Word.QUEUED);
     if (queued === taken) return;
     const first = taken;
@@ -105,18 +113,14 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort): void {
   function answer(seq: number, out: Reply): void {
     if (Atomics.load(h, Word.REQUEST) !== seq) return; // the caller stopped waiting for it
     reply.rewind();
-    let onPort = 0;
     try {
       reply.write(out);
     } catch (e) {
       if (!(e instanceof NoRoom)) throw e;
-      onPort = 1;
-      reply.rewind();
-      reply.attached.push(out);
+      reply.attachWhole(out);
     }
     const attached = reply.attached.length ? 1 : 0;
     if (attached) port.postMessage({ seq, values: reply.attached } satisfies Attachments);
-    Atomics.store(h, Word.REPLY_ON_PORT, onPort);
     Atomics.store(h, Word.REPLY_ATTACHED, attached);
     Atomics.store(h, Word.REPLY, seq);
     Atomics.notify(h, Word.REPLY);

@@ -110,6 +110,12 @@ export class Wire {
     }
   }
 
+  /** Starts over with `v` attached whole: for a value too large for the area. */
+  attachWhole(v: unknown): void {
+    this.rewind();
+    this.#attach(v);
+  }
+
   #attach(v: unknown): void {
     this.#tag(T.ATTACHED);
     this.#u32(this.attached.push(v) - 1);

@@ -6,6 +6,6 @@
 import type { MessagePort } from "node:worker_threads";
 import { serve } from "../src/serve.js";
 
-export function run({ sab, port }: { sab: SharedArrayBuffer; port: MessagePort }): void {
-  serve(sab, port);
+export function run({ sab, port, registry }: { sab: SharedArrayBuffer; port: MessagePort; registry: MessagePort }): void {
+  serve(sab, port, registry);
 }
