@@ -40,7 +40,7 @@ const describe: Record<StateName, string> = {
   DEAD: "Connection is in an unrecoverable error state, can only be closed",
 };
 
-const READ_BUFFER_SIZE = 256 * 1024;
+const READ_BUFFER_SIZE = 16 * 1024;
 
 export class Session extends Settings {
   // ---- state, and what the server said ----------------------------------------
