@@ -43,7 +43,6 @@ export const SPIN_US = Number(process.env.NBD_TS_SPIN_US ?? 50);
 const SPIN_MIN_US = 4;
 /** A kind of call that stopped spinning tries again once in this many calls. */
 const SPIN_RETRY = 64;
-const YIELD_MS = Number(process.env.NBD_TS_YIELD_US ?? 0) / 1000;
 const spinBudget = new Float64Array(1024).fill(SPIN_US);
 const spinSkipped = new Uint16Array(1024);
 
@@ -156,8 +155,7 @@ export function queued(): void {
   const ch = channel!;
   bridgeStats.queued++;
   Atomics.store(ch.h, Word.QUEUED, ++ch.queued);
-  Atomics.add(ch.h, Word.BELL, 1);
-  Atomics.notify(ch.h, Word.BELL);
+  ring(ch);
 }
 
 export function cross(id: number, name: string, args: unknown[], extra: Extra): Reply | Error {
@@ -178,8 +176,7 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
     if (attached) ch.port.postMessage({ seq: n, values: ch.request.attached } satisfies Attachments);
     Atomics.store(ch.h, Word.REQUEST_ATTACHED, attached);
     Atomics.store(ch.h, Word.REQUEST, n);
-    Atomics.add(ch.h, Word.BELL, 1);
-    Atomics.notify(ch.h, Word.BELL);
+    ring(ch);
     wait(ch, n, kind);
     ch.reply.rewind(Atomics.load(ch.h, Word.REPLY_ATTACHED) ? attachments(ch.port, n) : []);
     return ch.reply.read() as Reply;
@@ -188,6 +185,12 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
     if (e instanceof WorkerLost) lose();
     return e;
   }
+}
+
+/** Something new for the worker: it wakes if it sleeps. */
+function ring(ch: Channel): void {
+  Atomics.add(ch.h, Word.BELL, 1);
+  if (Atomics.load(ch.h, Word.WORKER_ASLEEP)) Atomics.notify(ch.h, Word.BELL);
 }
 
 /** Waits until the worker has answered request `n`: a short spin, then sleep, in slices that check on the worker. */
@@ -203,12 +206,9 @@ function wait(ch: Channel, n: number, kind: number): void {
     const until = performance.now() + budget / 1000;
     let caught = true;
     for (let i = 1; Atomics.load(h, Word.REPLY) !== n; i++) {
-      if ((i & 31) === 0) {
-        if (performance.now() > until) {
-          caught = false;
-          break;
-        }
-        if (YIELD_MS) Atomics.wait(h, Word.REPLY, Atomics.load(h, Word.REPLY), YIELD_MS);
+      if ((i & 31) === 0 && performance.now() > until) {
+        caught = false;
+        break;
       }
     }
     spinBudget[kind] = caught ? Math.min(SPIN_US, budget * 2) : budget / 2;
@@ -232,7 +232,9 @@ function wait(ch: Channel, n: number, kind: number): void {
     } else if (now - lastSign > STALL_MS) {
       throw new WorkerLost(`the worker thread did not answer for ${STALL_MS} ms and was stopped`);
     }
+    Atomics.store(h, Word.CALLER_ASLEEP, 1);
     Atomics.wait(h, Word.REPLY, seen, Math.min(BEAT_MS, deadline - now));
+    Atomics.store(h, Word.CALLER_ASLEEP, 0);
     now = Date.now();
   }
 }

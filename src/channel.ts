@@ -35,6 +35,16 @@ export const enum Word {
   TAKEN,
   /** How many messages the caller has sent on the registry port (see Registration). */
   REGISTERED,
+  /**
+   * Set while the worker sleeps (Atomics.waitAsync on BELL) and while the
+   * caller sleeps (Atomics.wait on REPLY): a side notifies the other only
+   * then, as a notify costs a system call and a lock shared with every
+   * wait. Each side sets its word before it looks one last time and
+   * sleeps, and the other changes the awaited word before it reads this
+   * one, so no wake-up is missed.
+   */
+  WORKER_ASLEEP,
+  CALLER_ASLEEP,
 }
 
 /** An aio buffer the worker is to know by `id` from now on, and the numbers of those it is to forget. */

@@ -32,14 +32,22 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
   let hotUntil = 0;
   /** A look is due on the next turn of the loop. */
   let scheduled = false;
+  /** BELL when the worker last looked. */
+  let bell = 0;
   /** Which sleep is current: a waitAsync that resolves after a newer one was set up is ignored. */
   let sleep = 0;
 
-  // The heartbeat: a worker with calls in progress says so every BEAT_MS.
+  /**
+   * Calls in progress, and the heartbeat that says so every BEAT_MS. While
+   * one is, the worker does not sleep on BELL (its caller waits, and asks
+   * nothing more) but the heartbeat looks at it: a caller that gave up on
+   * the call (its bridge timeout) may have asked something else.
+   */
   let running = 0;
   let beat: ReturnType<typeof setInterval> | undefined;
   const pulse = () => {
     Atomics.add(h, Word.BEAT, 1);
+    if (Atomics.load(h, Word.BELL) !== bell && !scheduled) look();
     if (running === 0) {
       clearInterval(beat);
       beat = undefined;
@@ -74,7 +82,7 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
 
   function look(): void {
     scheduled = false;
-    const bell = Atomics.load(h, Word.BELL); // before looking: a ring after it ends the sleep below at once
+    bell = Atomics.load(h, Word.BELL); // before looking: a ring after it ends the sleep below at once
     drain();
     const seq = Atomics.load(h, Word.REQUEST);
     if (seq !== seen) {
@@ -83,10 +91,17 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
     }
     if (scheduled) return; // answered at once: the next look is already due
     if (performance.now() < hotUntil) return soon();
+    if (running) return; // answer() looks again
     const mine = ++sleep;
+    Atomics.store(h, Word.WORKER_ASLEEP, 1);
     const wait = Atomics.waitAsync(h, Word.BELL, bell);
-    if (!wait.async) return soon(); // a request came in meanwhile
-    void wait.value.then(() => { if (mine === sleep && !scheduled) look(); });
+    if (!wait.async) return wake(); // rung meanwhile
+    void wait.value.then(() => { if (mine === sleep && !scheduled) wake(); });
+  }
+
+  function wake(): void {
+    Atomics.store(h, Word.WORKER_ASLEEP, 0);
+    soon();
   }
 
   function take(seq: number): void {
@@ -107,28 +122,31 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
     hotUntil = 0;
     running++;
     beat ??= setInterval(pulse, BEAT_MS);
-    out.then((r) => { running--; answer(seq, r); }, (e: unknown) => { running--; answer(seq, failure(e, name)); });
+    // A poll that something woke is answered once the loop has read all that is there: what else has
+    // completed goes back with it, so the caller polls less often.
+    const settle = name === "poll" || name === "poll2"
+      ? (r: Reply) => void setImmediate(() => { running--; answer(seq, r); })
+      : (r: Reply) => { running--; answer(seq, r); };
+    out.then(settle, (e: unknown) => settle(failure(e, name)));
   }
 
   function answer(seq: number, out: Reply): void {
-    if (Atomics.load(h, Word.REQUEST) !== seq) return; // the caller stopped waiting for it
-    reply.rewind();
-    try {
-      reply.write(out);
-    } catch (e) {
-      if (!(e instanceof NoRoom)) throw e;
-      reply.attachWhole(out);
+    if (Atomics.load(h, Word.REQUEST) === seq) { // else the caller stopped waiting for it
+      reply.rewind();
+      try {
+        reply.write(out);
+      } catch (e) {
+        if (!(e instanceof NoRoom)) throw e;
+        reply.attachWhole(out);
+      }
+      const attached = reply.attached.length ? 1 : 0;
+      if (attached) port.postMessage({ seq, values: reply.attached } satisfies Attachments);
+      Atomics.store(h, Word.REPLY_ATTACHED, attached);
+      Atomics.store(h, Word.REPLY, seq);
+      if (Atomics.load(h, Word.CALLER_ASLEEP)) Atomics.notify(h, Word.REPLY);
+      hotUntil = performance.now() + HOT_US / 1000;
     }
-    const attached = reply.attached.length ? 1 : 0;
-    if (attached) port.postMessage({ seq, values: reply.attached } satisfies Attachments);
-    Atomics.store(h, Word.REPLY_ATTACHED, attached);
-    Atomics.store(h, Word.REPLY, seq);
-    Atomics.notify(h, Word.REPLY);
-    hotUntil = performance.now() + HOT_US / 1000;
-    if (!scheduled) {
-      sleep++; // a pending waitAsync is superseded
-      soon();
-    }
+    if (!scheduled) soon();
   }
 
   Atomics.store(h, Word.STARTED, 1);
