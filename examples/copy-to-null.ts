@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { CONTEXT_BASE_ALLOCATION, STATE_ZERO, create, getError, type Handle } from "nbd-ts";
 
 const MAX_REQUESTS = 16;
-const REQUEST_SIZE = 256 * 1024;
+const REQUEST_SIZE = 1024 * 1024;
 /** How much one block status request asks about. */
 const EXTENTS_SIZE = 128 * 1024 * 1024;
 

@@ -58,10 +58,10 @@ function dataExtents(target: string): [number, number][] {
     .map(([offset, length]) => [Number(offset), Number(length)]);
 }
 
-/** Reads that cover `extents` exactly, in pieces of at most 256 KiB. */
+/** Reads that cover `extents` exactly, in pieces of at most 1 MiB. */
 function covering(extents: [number, number][]): [number, number][] {
-  return extents.flatMap(([offset, length]) => Array.from({ length: Math.ceil(length / 262144) },
-    (_, i): [number, number] => [offset + i * 262144, Math.min(262144, length - i * 262144)]));
+  return extents.flatMap(([offset, length]) => Array.from({ length: Math.ceil(length / 1048576) },
+    (_, i): [number, number] => [offset + i * 1048576, Math.min(1048576, length - i * 1048576)]));
 }
 
 const DATA = "1 2 3 @1048576 4 5 6 @^2097152 7 @7000000 8";
@@ -98,7 +98,7 @@ test("a server without structured replies (no block status): everything is read"
   assert.equal(copied(uri(server.socket)), [3 * 1024 * 1024, 3 * 1024 * 1024, 0]);
 });
 
-test("all data: the whole export is read in requests of 256 KiB, the last one short", () => {
+test("all data: the whole export is read in requests of 1 MiB, the last one short", () => {
   const server = nbdkitUnix("pattern", String(10 * 1024 * 1024 + 4096));
   assert.equal(copied(uri(server.socket)), [10 * 1024 * 1024 + 4096, 10 * 1024 * 1024 + 4096, 0]);
 });
