@@ -14,6 +14,7 @@ import { bridgeErrno, bufferId, cross, queueArray, queueSlot, queued, workerGene
 import { Queued, callNumber } from "./channel.js";
 import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
 import { giveStaging, takeStaging } from "./staging.js";
+import { zero } from "./client/zero.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
@@ -96,20 +97,25 @@ interface Marshalled {
   /** What spans of shared memory in callback events map onto. */
   view?: Uint8Array;
   staged?: Staged;
+  /** The caller's own shared memory, used in place: nothing to copy back. */
+  inPlace?: true;
 }
 
-/** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
+/**
+ * How a buffer argument travels: the caller's own shared memory in place
+ * (no copy at all); else, for a blocking call, its length (the bytes go
+ * through the handle's SAB), and for aio a staging copy that outlives the call.
+ */
 function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): Marshalled {
   if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
   if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
+  if (user.buffer instanceof SharedArrayBuffer) {
+    return { wire: shared(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer), inPlace: true };
+  }
   if (!persist) {
     const shared = reserve(slot, user.byteLength);
     if (!out) shared.set(user);
     return { wire: user.byteLength, view: user };
-  }
-  // An aio buffer must outlive the call: the caller's own shared memory, or a staging copy.
-  if (user.buffer instanceof SharedArrayBuffer) {
-    return { wire: shared(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer) };
   }
   const from = takeStaging(user.byteLength);
   if (!out) from.set(user);
@@ -212,15 +218,16 @@ function method(name: CallName, call: Call) {
     slot.queue = reply.queue;
     if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
-      if (reply.errno === undefined || reply.events) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
-      else if (reply.init) user.fill(0);
+      if (reply.errno === undefined || reply.events) {
+        if (!buffer?.inPlace) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
+      } else if (reply.init) zero(user);
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
     if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.staged);
     else {
       if (buffer?.staged) giveStaging(buffer.staged.from);
-      if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+      if (persist && out && reply.init && user instanceof Uint8Array) zero(user); // a refused aio read
     }
     const replayed = slot.callbacks.replay(reply.events);
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);

@@ -20,7 +20,7 @@ import type { Call } from "./api/types.js";
 import { NoRoom, Wire } from "./wire.js";
 
 /** How long the worker looks for the next request before it sleeps (µs). */
-const HOT_US = Number(process.env.NBD_TS_WORKER_HOT_US ?? 200);
+const HOT_US = Number(process.env.NBD_TS_WORKER_HOT_US ?? 50);
 
 export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: MessagePort): void {
   const h = words(sab);

@@ -1,7 +1,8 @@
 /**
  * The bridge's own mechanics (src/bridge.ts, channel.ts, wire.ts, serve.ts):
  * values of every kind cross both ways intact, also those too large for the
- * shared areas (they go as a message); the caller's spin can be turned off;
+ * shared areas (they go as a message); a blocking call works in the caller's
+ * own shared memory in place; the caller's spin can be turned off;
  * a long call is not taken for a wedged worker (the worker's heartbeat),
  * while a wedged worker is found, stopped and replaced within the stall
  * bound; a worker that cannot load its module fails create() at once.
@@ -12,7 +13,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { CONTEXT_BASE_ALLOCATION, getErrno, getError } from "nbd-ts";
 import { errno } from "../src/errno.js";
-import { scratchPath } from "./helpers.js";
+import { pattern, scratchPath } from "./helpers.js";
 import { nbdkit, newHandle } from "./handles.js";
 
 const dist = new URL("../src/", import.meta.url).href;
@@ -49,6 +50,37 @@ test("a reply larger than the shared area (block status with 32768 extents) come
   for (let i = 0; i < entries.length; i += 4) {
     assert.equal(entries.slice(i, i + 4), [32768, 0, 32768, 3], `extents ${i / 2} and ${i / 2 + 1}`);
   }
+});
+
+test("blocking reads and writes use the caller's shared memory in place: only the view is touched; failures leave zeroes", () => {
+  const h = nbdkit(["--filter=error", "pattern", "size=1M", "error-pread-rate=1", "error-pread-file=" + scratchPath("fail")]);
+  const sab = new SharedArrayBuffer(3 * 4096);
+  const around = new Uint8Array(sab).fill(0x55);
+  const view = new Uint8Array(sab, 4096, 4096);
+  assert.is(h.pread(view, 8192), 0, getError()!);
+  assert.equal(view, pattern(8192, 4096));
+  assert.ok(around.subarray(0, 4096).every((b) => b === 0x55) && around.subarray(8192).every((b) => b === 0x55), "bytes around the view untouched");
+  // The chunk callback sees the caller's own memory.
+  let same = false;
+  assert.is(h.preadStructured(view, 0, (sub) => ((same = sub.buffer === sab && sub.byteOffset >= 4096), 0)), 0, getError()!);
+  assert.ok(same);
+  assert.equal(view, pattern(0, 4096));
+  // A read the server fails (the error filter, once its file exists) leaves zeroes, as pread_initialize asks.
+  writeFileSync(scratchPath("fail"), "");
+  assert.is(h.pread(view, 0), -1);
+  assert.is(getErrno(), errno.EIO);
+  assert.equal(view, new Uint8Array(4096));
+  // Refused before it is sent (out of bounds): zeroes too.
+  view.fill(1);
+  assert.is(h.pread(view, 1 << 20), -1);
+  assert.equal(view, new Uint8Array(4096));
+  const w = nbdkit(["memory", "size=1M"]);
+  const data = new Uint8Array(new SharedArrayBuffer(8192), 1000, 5000);
+  data.set(pattern(77, 5000));
+  assert.is(w.pwrite(data, 123), 0, getError()!);
+  const back = new Uint8Array(5000);
+  assert.is(w.pread(back, 123), 0);
+  assert.equal(back, pattern(77, 5000));
 });
 
 test("with NBD_TS_SPIN_US=0 the caller never spins: calls still work", () => {
