@@ -132,7 +132,7 @@ export function bufferId(sab: SharedArrayBuffer): number {
   const id = nextBuffer++;
   ch.buffers.set(sab, id);
   ch.bytes += sab.byteLength;
-  ch.registry.postMessage({ id, sab, forget } satisfies Registration);
+  ch.registry.postMessage({ id, sab, forget, queued: ch.queued } satisfies Registration);
   Atomics.store(ch.h, Word.REGISTERED, ++ch.registrations);
   return id;
 }

@@ -47,8 +47,12 @@ export const enum Word {
   CALLER_ASLEEP,
 }
 
-/** An aio buffer the worker is to know by `id` from now on, and the numbers of those it is to forget. */
-export interface Registration { id: number; sab: SharedArrayBuffer; forget: number[] }
+/**
+ * An aio buffer the worker is to know by `id` from now on, and the numbers
+ * of those it is to forget once it has taken the first `queued` commands
+ * (those may still name them).
+ */
+export interface Registration { id: number; sab: SharedArrayBuffer; forget: number[]; queued: number }
 
 /** A queued aio command: Float64 fields of a queue slot. */
 export const enum Queued {

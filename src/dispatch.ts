@@ -55,10 +55,18 @@ const slots = new Map<number, Slot>();
 /** Aio buffers by number. */
 const buffers = new Map<number, SharedArrayBuffer>();
 
-/** What the caller sent on the registry port. */
-export function register({ id, sab, forget }: Registration): void {
-  for (const old of forget) buffers.delete(old);
+/** Aio buffers to forget once the queue has been taken this far: [queued, numbers], oldest first. */
+const forgetting: [number, number[]][] = [];
+
+/** What the caller sent on the registry port: the new buffer now, what to forget in its turn (see forgetTaken). */
+export function register({ id, sab, forget, queued }: Registration): void {
   buffers.set(id, sab);
+  if (forget.length) forgetting.push([queued, forget]);
+}
+
+/** The queue has been taken up to `taken`: forget what the commands before it could still have named. */
+export function forgetTaken(taken: number): void {
+  while (forgetting.length && forgetting[0]![0] <= taken) for (const id of forgetting.shift()![1]) buffers.delete(id);
 }
 
 /** An aio buffer's view; undefined only if the caller's registry and the worker's disagree (a bug). */
@@ -134,6 +142,7 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
 export function issueQueued(q: Float64Array, first: number, end: number): void {
   const corked = new Set<Connection>();
   for (let i = first; i < end; i++) {
+    forgetTaken(i);
     const at = slotAt(i);
     const conn = slots.get(q[at + Queued.HANDLE]!)?.conn;
     if (!conn) continue;
@@ -144,17 +153,19 @@ export function issueQueued(q: Float64Array, first: number, end: number): void {
     const write = CALLS[q[at + Queued.CALL]!] === "aioPwrite";
     const cookie = q[at + Queued.COOKIE]!;
     const offset = BigInt(q[at + Queued.OFFSET]!);
-    const sab = buffers.get(q[at + Queued.BUFFER]!);
-    const buf = sab ? new Uint8Array(sab, q[at + Queued.AT]!, q[at + Queued.LENGTH]!) : new Uint8Array(0);
     const id = q[at + Queued.COMPLETION]!;
     const completion = id ? recorder(conn, id) : undefined;
+    let buf: Uint8Array = new Uint8Array(0);
     try {
+      const sab = buffers.get(q[at + Queued.BUFFER]!);
       if (!sab) throw new Error("nbd-ts: a queued command's buffer is unknown to the worker");
+      buf = new Uint8Array(sab, q[at + Queued.AT]!, q[at + Queued.LENGTH]!);
       const ret = write ? conn.aioPwrite(buf, offset, completion, 0) : conn.aioPread(buf, offset, completion, 0);
       if (Number(ret) !== cookie) throw new Error(`nbd-ts: queued command got cookie ${ret}, not ${cookie}`);
     } catch (e) {
       conn.abandonQueued(write ? Cmd.WRITE : Cmd.READ, cookie, offset, buf, completion, asNbdError(e, errno.EIO).errno || errno.ENOTCONN);
     }
   }
+  forgetTaken(end);
   for (const conn of corked) conn.uncork();
 }

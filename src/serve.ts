@@ -12,7 +12,7 @@ import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import {
   type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, queueFields, words,
 } from "./channel.js";
-import { type Reply, dispatch, issueQueued, register } from "./dispatch.js";
+import { type Reply, dispatch, forgetTaken, issueQueued, register } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { errorValue } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
@@ -61,15 +61,20 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
 
   let registered = 0;
 
-  /** Learns the aio buffers the caller registered, then issues what it queued, in order. */
+  /**
+   * Learns the aio buffers the caller registered, then issues what it
+   * queued, in order. The queue's count is read first: the buffers of the
+   * commands it counts were registered before them, so they are known.
+   */
   function drain(): void {
+    const queued = Atomics.load(h, Word.QUEUED);
     if (Atomics.load(h, Word.REGISTERED) !== registered) {
       for (let m = receiveMessageOnPort(registry); m; m = receiveMessageOnPort(registry)) {
         register(m.message as Registration);
         registered++;
       }
+      forgetTaken(taken);
     }
-    const queued = Atomics.load(h, Word.QUEUED);
     if (queued === taken) return;
     const first = taken;
     taken = queued;
