@@ -2,7 +2,9 @@
  * The bridge's own mechanics (src/bridge.ts, channel.ts, wire.ts, serve.ts):
  * values of every kind cross both ways intact, also those too large for the
  * shared areas (they go as a message); a blocking call works in the caller's
- * own shared memory in place; the caller's spin can be turned off;
+ * own shared memory in place; the caller's spin can be turned off; a call
+ * the caller gives up on (NBD_TS_BRIDGE_TIMEOUT_MS) fails with ETIMEDOUT and
+ * its late reply confuses nothing;
  * a long call is not taken for a wedged worker (the worker's heartbeat),
  * while a wedged worker is found, stopped and replaced within the stall
  * bound; a worker that cannot load its module fails create() at once.
@@ -94,6 +96,33 @@ test("with NBD_TS_SPIN_US=0 the caller never spins: calls still work", () => {
     console.log(JSON.stringify({ ok: r.every((x) => x === 0), last: new DataView(buf.buffer).getBigUint64(0).toString() }));
   `, { NBD_TS_SPIN_US: "0" });
   assert.equal(out, { ok: true, last: String(8 * 199) });
+});
+
+test("a call past the bridge timeout fails with ETIMEDOUT; its late reply is dropped, other calls go on", () => {
+  const out = child(`
+    import { create, getError, getErrno } from "nbd";
+    const slow = create();
+    slow.connectCommand(["nbdkit", "-s", "--exit-with-parent", "--filter=delay", "pattern", "size=1M", "delay-read=1"]);
+    const fast = create();
+    fast.connectCommand(["nbdkit", "-s", "--exit-with-parent", "pattern", "size=1M"]);
+    const out = {};
+    let t = Date.now();
+    out.slow = [slow.pread(new Uint8Array(8), 0), getError(), getErrno(), Date.now() - t];
+    const buf = new Uint8Array(8);
+    const word = () => new DataView(buf.buffer).getBigUint64(0).toString();
+    out.fast = [fast.pread(buf, 64), word()];
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500); // the slow reply comes, to no one
+    out.after = [fast.pread(buf, 128), word(), String(slow.getSize()), slow.aioIsReady()];
+    slow.close();
+    fast.close();
+    console.log(JSON.stringify(out));
+  `, { NBD_TS_BRIDGE_TIMEOUT_MS: "400" });
+  assert.is(out.slow[0], -1);
+  assert.match(out.slow[1], /^nbd_pread: no answer from the worker thread within 400 ms/);
+  assert.is(out.slow[2], errno.ETIMEDOUT);
+  assert.ok(out.slow[3] >= 400 && out.slow[3] < 900, `gave up after ${out.slow[3]} ms`);
+  assert.equal(out.fast, [0, "64"]);
+  assert.equal(out.after, [0, "128", "1048576", 1]);
 });
 
 test("a call longer than the stall bound is not a stall: the worker's heartbeat goes on while it waits", () => {
