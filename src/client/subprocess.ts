@@ -22,7 +22,7 @@ export class Subprocess {
     const child = (this.#child = spawn(file, args, { env, stdio }));
     this.pid = child.pid;
     child.stderr?.on("data", (chunk: Buffer) => {
-      writeSync(2, chunk); // straight to fd 2: the worker's process.stderr is buffered by synckit
+      writeSync(2, chunk); // straight to fd 2: a worker's process.stderr goes through the main thread's event loop, which may be blocked
       this.#tail = (this.#tail + chunk.toString()).slice(-TAIL_BYTES);
     });
     this.#exit = new Promise((resolve) => {
