@@ -50,6 +50,8 @@ const SPIN_RETRY = 64;
 const spinBudget = new Float64Array(CALLS.length).fill(SPIN_US);
 const spinSkipped = new Uint16Array(CALLS.length);
 
+const WORKER_YOUNG_MB = 8;
+
 const WORKER = new URL("../workers/nbd-worker.js", import.meta.url).href;
 
 interface Channel {
@@ -103,6 +105,9 @@ function start(): Channel {
   const execArgv = process.env.NBD_TS_WORKER_EXEC_ARGV?.split(" ").filter(Boolean) ?? [];
   const worker = new Worker(bootstrap(WORKER), {
     eval: true, execArgv, workerData: { sab, port: port2, registry: registry.port2 }, transferList: [port2, registry.port2],
+    // V8 grows a busy worker's young generation to tens of MiB; 8 costs no measurable time (bench lat, aio, seq)
+    // and keeps the resident set flat over millions of calls (the rss figure: +10 MiB without it, none with it).
+    resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_MB },
   });
   worker.unref();
   // Its 'error' event comes later, where nobody waits: the call that found the worker gone has already failed.
