@@ -1,0 +1,2 @@
+export const USAGE = "";
+export async function main(): Promise<number> { return 1; }
