@@ -125,6 +125,9 @@ export async function main(argv: string[], prog: string): Promise<number> {
   } finally {
     (scope.h as Handle | undefined)?.close?.(); // the one in scope now: the code may have made a new h
     h?.close();
+    // As nbdsh, the end of the code is the end: an async handle it left open must not keep the process
+    // running (the exit hook still stops the servers such handles started).
+    setImmediate(() => process.exit());
   }
 }
 
