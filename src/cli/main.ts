@@ -67,5 +67,11 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
+// Killed or interrupted: exit properly, so that the exit hook stops the servers we started and
+// removes their socket directories (a signal's default action would leave them behind).
+for (const [signal, number] of [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]] as const) {
+  process.once(signal, () => process.exit(128 + number));
+}
+
 // Exit by running out of work, not process.exit(): stdout may still be draining into a pipe.
 process.exitCode = await run(process.argv.slice(2));
