@@ -56,18 +56,22 @@ const OPTIONS: OptionSpec[] = [
   { name: "verbose", short: "v" },
 ];
 
-const BANNER = `
-Welcome to nbd-ts shell, for interacting with
-Network Block Device (NBD) servers.
-
-nbd-ts is in scope (each export by name, and all of it as nbd),
-HANDLE
-h.getSize()                          // Get size of the remote disk.
-buf = new Uint8Array(512); h.pread(buf, 0)   // Read the first sector.
-.exit or Ctrl-D                      // Quit the shell
-.help                                // The REPL's own commands
-
-`;
+/** nbdsh's welcome, for JavaScript. */
+function banner(h: Handle | null): string {
+  const example = (code: string, what: string) => `${code.padEnd(44)} // ${what}\n`;
+  let text = "\nWelcome to nbd-ts shell, for interacting with\nNetwork Block Device (NBD) servers.\n\n";
+  text += "nbd-ts is in scope (each export by name, and all of it as nbd)";
+  if (!h) text += ".\n\n" + example("h = create()", "Create a new handle.");
+  else {
+    text += ",\nand there is an open NBD handle called h.\n\n";
+    if (h.aioIsCreated() === 1) text += example('h.connectUri("nbd://localhost")', "Connect to a server.");
+  }
+  text += example("h.getSize()", "Get size of the remote disk.");
+  text += example("buf = new Uint8Array(512); h.pread(buf, 0)", "Read the first sector.");
+  text += example(".exit or Ctrl-D", "Quit the shell.");
+  text += example(".help", "The REPL's own commands.");
+  return `${text}\n`;
+}
 
 export async function main(argv: string[], prog: string): Promise<number> {
   const p = parse(argv, OPTIONS);
@@ -154,13 +158,7 @@ async function run(code: string, filename: string): Promise<void> {
 /** The REPL, until .exit or end of input. Prompts and the banner only when a person is typing. */
 function interactive(h: Handle | null): Promise<number> {
   const tty = process.stdin.isTTY === true;
-  if (tty) {
-    const connected = h !== null && h.aioIsCreated() === 0;
-    const handle = !h
-      ? "and there is no handle yet.\n\nh = create()                         // Create a new handle.\n"
-      : `and there is an open NBD handle called h.\n\n${connected ? "" : 'h.connectUri("nbd://localhost")      // Connect to a server.\n'}`;
-    process.stderr.write(BANNER.replace("HANDLE\n", handle));
-  }
+  if (tty) process.stderr.write(banner(h));
   const server = repl.start({ prompt: tty ? "nbd> " : "", useGlobal: true, ignoreUndefined: true });
   return new Promise((resolve) => server.on("exit", () => resolve(0)));
 }
