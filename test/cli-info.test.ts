@@ -97,14 +97,13 @@ test("--size, --is and --can: nbdinfo's output and exit statuses (0 true, 2 fals
 });
 
 test("--map and --totals, text and JSON, as nbdinfo prints them", () => {
-  for (const server of [["nbdkit", "sparse-random", "16M", "seed=42", "percent=30", "runlength=65536"], ["qemu-nbd", "-r", "-f", "qcow2", qcow2]]) {
-    const sub = ["--", "[", ...server, "]"];
-    const map = same("--map", ...sub);
-    assert.ok(map.stdout.split("\n").length > 3, map.stdout);
-    same("--map", "--json", ...sub);
-    same("--map", "--totals", ...sub);
-    same("--map", "--totals", "--json", ...sub);
-  }
+  const random = ["--", "[", "nbdkit", "sparse-random", "16M", "seed=42", "percent=30", "runlength=65536", "]"];
+  assert.ok(same("--map", ...random).stdout.split("\n").length > 100);
+  same("--map", "--json", ...random);
+  same("--map", "--totals", "--json", ...random);
+  const disk = ["--", "[", "qemu-nbd", "-r", "-f", "qcow2", qcow2, "]"];
+  same("--map", "--totals", ...disk);
+  same("--map", "--json", ...disk);
   // qcow2: what qemu-io wrote is data, the rest reads as zero.
   const map = tool(["info", "--map", "--", "[", "qemu-nbd", "-r", "-f", "qcow2", qcow2, "]"]).stdout;
   assert.match(map, /^\s+0\s+65536\s+0\s+data$/m);
