@@ -131,7 +131,6 @@ export async function main(argv: string[], prog: string): Promise<number> {
     ends.push(src);
     const dst = await openDestination(eps[1]!);
     ends.push(dst);
-    if (src.kind === "stream" || src.kind === "null") throw new Failure(`${src.name}: cannot be a source`);
     if (dst.readOnly) throw new Failure(`${dst.name}: the destination is read-only, cannot write to it`);
     if (src instanceof FileEnd && dst instanceof FileEnd && src.identity === dst.identity) {
       throw new Failure(`${dst.name}: the source and the destination are the same file`);
