@@ -32,6 +32,14 @@ const negotiating: readonly State[] = ["negotiating"];
 const connectCall = <A extends Arg>(summary: string, arg: A, since: string, spawns?: true) =>
   ({ args: [arg], ret: "err", states: created, since, summary, ...(spawns && { spawns }) }) as const;
 
+/**
+ * An aio_opt_* call: its callbacks outlive the call until the option's reply
+ * is in. They are kept under "option", which the next option call replaces
+ * (libnbd allows one option in flight).
+ */
+const aioOpt = <A extends readonly Arg[]>(args: A, summary: string, since: string, ret: "err" | "int" = "err") =>
+  ({ args, optargs: [Closure("completion", "completion")], ret, states: negotiating, keeps: "option", since, summary }) as const;
+
 const flagQuery = (summary: string) => ({ args: [], ret: "bool", states: afterInfo, since: "1.0", summary }) as const;
 const stateQuery = (summary: string, since = "1.0") =>
   ({ args: [], ret: "bool", mayFail: false, since, summary }) as const;
@@ -102,6 +110,14 @@ export const API = {
   supportsUri: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "true if libnbd was compiled with support for NBD URIs" },
   connectSocket: connectCall("connect directly to a connected socket", Int("sock"), "1.2"),
 
+  // ---- connecting, aio: the call returns once the transport is up; poll drives the handshake ----
+  aioConnectUnix: connectCall("connect to the NBD server over a Unix domain socket", Path("unixsocket"), "1.0"),
+  aioConnectTcp: { args: [Str("hostname"), Port("port")], ret: "err", states: created, since: "1.0", summary: "connect to the NBD server over a TCP port" },
+  aioConnectCommand: connectCall("connect to the NBD server", StringList("argv"), "1.0", true),
+  aioConnectSystemdSocketActivation: connectCall("connect using systemd socket activation", StringList("argv"), "1.2", true),
+  aioConnectUri: connectCall("connect to an NBD URI", Str("uri"), "1.0"),
+  aioConnectSocket: connectCall("connect directly to a connected socket", Int("sock"), "1.2"),
+
   // ---- option negotiation (opt mode) ---------------------------------------------
   setOptMode: { args: [Bool("enable")], ret: "err", states: created, since: "1.4", summary: "control option mode, for pausing during option negotiation" },
   getOptMode: { args: [], ret: "bool", mayFail: false, since: "1.4", summary: "return whether option mode was enabled" },
@@ -114,6 +130,17 @@ export const API = {
   optSetMetaContext: { args: [Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using implicit query list" },
   optSetMetaContextQueries: { args: [StringList("queries"), Closure("context", "context")], ret: "int", states: negotiating, since: "1.16", summary: "select specific meta contexts, using explicit query list" },
   optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies" },
+
+  // ---- option negotiation, aio: poll until aio_is_connecting is false, or let the completion callback say ----
+  aioOptGo: aioOpt([], "end negotiation and move on to using an export", "1.4"),
+  aioOptAbort: { args: [], ret: "err", states: negotiating, since: "1.4", summary: "end negotiation and close the connection" },
+  aioOptInfo: aioOpt([], "request the server for information about an export", "1.4"),
+  aioOptList: aioOpt([Closure("list", "list")], "request the server to list all exports during negotiation", "1.4"),
+  aioOptListMetaContext: aioOpt([Closure("context", "context")], "request list of available meta contexts, using implicit query", "1.6", "int"),
+  aioOptListMetaContextQueries: aioOpt([StringList("queries"), Closure("context", "context")], "request list of available meta contexts, using explicit query", "1.16", "int"),
+  aioOptSetMetaContext: aioOpt([Closure("context", "context")], "select specific meta contexts, with implicit query list", "1.16", "int"),
+  aioOptSetMetaContextQueries: aioOpt([StringList("queries"), Closure("context", "context")], "select specific meta contexts, with explicit query list", "1.16", "int"),
+  aioOptStructuredReply: aioOpt([], "request the server to enable structured replies", "1.16"),
 
   // ---- meta contexts and what to request ---------------------------------------
   addMetaContext: { args: [Str("name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "ask server to negotiate metadata context" },
