@@ -268,11 +268,14 @@ test("failures the call finds itself: a missing socket is -1 and DEAD, empty arg
   }
 
   const c = newHandle();
-  assert.is(c.aioConnectCommand([...NBDKIT, "pattern", "size=1M"]), 0);
-  fails(c.aioConnectCommand([...NBDKIT, "pattern", "size=1M"]), errno.EINVAL,
-    /* the handshake may or may not be done by now */ c.connectionState()!.startsWith("READY")
-      ? "nbd_aio_connect_command: invalid state: READY: the handle must be newly created: Invalid argument"
-      : "nbd_aio_connect_command: invalid state: CONNECTING: the handle must be newly created: Invalid argument");
+  assert.is(c.aioConnectCommand([...NBDKIT, ...DELAYED]), 0);
+  fails(c.aioConnectCommand([...NBDKIT, ...DELAYED]), errno.EINVAL,
+    "nbd_aio_connect_command: invalid state: CONNECTING: the handle must be newly created: Invalid argument");
+  fails(c.connectUnix(missing), errno.EINVAL,
+    "nbd_connect_unix: invalid state: CONNECTING: the handle must be newly created: Invalid argument");
+  while (c.aioIsConnecting()) assert.is(c.poll(-1), 1, String(getError()));
+  fails(c.aioConnectUri(`nbd+unix:///?socket=${missing}`), errno.EINVAL,
+    "nbd_aio_connect_uri: invalid state: READY: the handle must be newly created: Invalid argument");
 });
 
 test("close() while the handshake is still going: no wait for it, the server stopped, its socket dir removed", () => {

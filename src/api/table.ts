@@ -37,7 +37,7 @@ const connectCall = <A extends Arg>(summary: string, arg: A, since: string, spaw
  * is in. They are kept under "option", which the next option call replaces
  * (libnbd allows one option in flight).
  */
-const aioOpt = <A extends readonly Arg[]>(args: A, summary: string, since: string, ret: "err" | "int" = "err") =>
+const aioOpt = <const A extends readonly Arg[]>(args: A, summary: string, since: string, ret: "err" | "int" = "err") =>
   ({ args, optargs: [Closure("completion", "completion")], ret, states: negotiating, keeps: "option", since, summary }) as const;
 
 const flagQuery = (summary: string) => ({ args: [], ret: "bool", states: afterInfo, since: "1.0", summary }) as const;

@@ -57,12 +57,16 @@ export class Negotiation extends Session {
    */
   protected aioOption(run: () => Promise<unknown>, completion: Callback | undefined, anyNewstyle = false): number {
     if (!anyNewstyle) this.fixedNewstyle();
-    void run().then(() => 0, (e) => asNbdError(e).errno || errno.ENOTCONN).then((err) => {
+    const done = (err: number) => {
+      if (this.optionDone !== done) return; // told once: by DEAD or CLOSED, or when run settles
+      this.optionDone = undefined;
       try {
         (completion as ((error: { value: number }) => number) | undefined)?.({ value: err });
       } catch { /* ignored, like its return */ }
       this.progress();
-    });
+    };
+    this.optionDone = done;
+    void run().then(() => done(0), (e) => done(asNbdError(e).errno || errno.ENOTCONN));
     return 0;
   }
 

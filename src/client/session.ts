@@ -71,6 +71,8 @@ export class Session extends Settings {
    */
   protected unsent: Command[] = [];
   protected discUnsent = false;
+  /** An aio option's completion, which DEAD and CLOSED call at once (libnbd's abort_option). */
+  protected optionDone: ((err: number) => void) | undefined;
   /** The error that made the connection DEAD. */
   protected fatal: NbdError | undefined;
   protected closedPromise: Promise<void> | undefined;
@@ -281,6 +283,7 @@ export class Session extends Settings {
     this.fatal = err;
     this.endUnreported = true;
     this.transport?.socket.destroy();
+    this.optionDone?.(err.errno || errno.ENOTCONN);
     this.failInflight(sendFailed ? undefined : err);
     this.closedResolve?.();
     this.progress();
@@ -291,6 +294,7 @@ export class Session extends Settings {
     this.phase = "CLOSED";
     this.endUnreported = true;
     this.transport?.socket.destroy();
+    this.optionDone?.(errno.ENOTCONN);
     this.failInflight();
     this.closedResolve?.();
     this.progress();
