@@ -333,6 +333,11 @@ test("nbd-ts/async: aio options with callbacks called directly; a blocking optio
     assert.is(await h.aioOptList((n, d) => (log.push([n, d]), 0), (err) => (log.push(err.value), 0)), 0);
     while (await h.aioIsConnecting()) await h.poll(-1);
     assert.equal(log, [["a", "pattern"], ["b", "pattern"], 0]);
+    // Here the callbacks are called directly: one that throws still fails nothing.
+    assert.is(await h.aioOptListMetaContext(() => { throw new Error("context"); }, (err) => (log.push(err.value), 0)), 0);
+    while (await h.aioIsConnecting()) await h.poll(-1);
+    assert.equal(log.slice(3), [0]);
+    log.splice(3);
     const info = h.optInfo();
     assert.is(await h.aioIsConnecting(), 1);
     await info;

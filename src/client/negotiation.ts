@@ -13,6 +13,17 @@ import { Session } from "./session.js";
 type ListCallback = (name: string, description: string) => number;
 type ContextCallback = (name: string) => number;
 
+/** libnbd ignores what an aio option's list and context callbacks return: a throw (nbd-ts/async) is just a -1. */
+function ignoring<F extends (...args: never[]) => number>(fn: F): F {
+  return ((...args: never[]) => {
+    try {
+      return fn(...args);
+    } catch {
+      return -1;
+    }
+  }) as F;
+}
+
 /** For an option whose exchange answers with an errno (0: the server agreed): its refusal as a rejection, for aioOption. */
 async function agreed(answer: Promise<number>): Promise<void> {
   const err = await answer;
@@ -140,18 +151,18 @@ export class Negotiation extends Session {
   aioOptGo(completion?: Callback): number { return this.aioOption(() => this.optGo(), completion, true); }
   aioOptAbort(): void { this.optAbort(); }
   aioOptInfo(completion?: Callback): number { return this.aioOption(() => this.optInfo(), completion); }
-  aioOptList(list: ListCallback, completion?: Callback): number { return this.aioOption(() => this.optList(list), completion); }
+  aioOptList(list: ListCallback, completion?: Callback): number { return this.aioOption(() => this.optList(ignoring(list)), completion); }
   aioOptListMetaContext(context: ContextCallback, completion?: Callback): number {
-    return this.aioOption(() => this.optListMetaContext(context), completion);
+    return this.aioOption(() => this.optListMetaContext(ignoring(context)), completion);
   }
   aioOptListMetaContextQueries(queries: string[], context: ContextCallback, completion?: Callback): number {
-    return this.aioOption(() => this.optListMetaContextQueries(queries, context), completion);
+    return this.aioOption(() => this.optListMetaContextQueries(queries, ignoring(context)), completion);
   }
   aioOptSetMetaContext(context: ContextCallback, completion?: Callback): number {
-    return this.aioOption(() => this.optSetMetaContext(context), completion);
+    return this.aioOption(() => this.optSetMetaContext(ignoring(context)), completion);
   }
   aioOptSetMetaContextQueries(queries: string[], context: ContextCallback, completion?: Callback): number {
-    return this.aioOption(() => this.optSetMetaContextQueries(queries, context), completion);
+    return this.aioOption(() => this.optSetMetaContextQueries(queries, ignoring(context)), completion);
   }
   aioOptStructuredReply(completion?: Callback): number {
     return this.aioOption(() => agreed(this.exchange(() => this.neg!.structuredReply())), completion);
