@@ -11,13 +11,13 @@ import * as assert from "uvu/assert";
 import { once } from "node:events";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { connect } from "node:net";
+import { dirname } from "node:path";
 import { getErrno, getError, type Handle } from "nbd-ts";
 import { create as createAsync } from "nbd-ts/async";
 import { errno } from "../src/errno.js";
 import { alive, freePort, nbdkitTcp, nbdkitUnix, pattern, scratchPath, timed, waitFor } from "./helpers.js";
 import { NBDKIT, fails, newHandle } from "./handles.js";
 import { python, type Result } from "./libnbd.js";
-import { socketDirs } from "./leaks.js";
 
 const MiB = 1024 * 1024;
 /** nbdkit's delay filter holds the reply to NBD_OPT_GO this long: the handshake is still going when the call returns. */
@@ -196,14 +196,13 @@ test("aio_connect_systemd_socket_activation: READY through poll, LISTEN_FDNAMES 
 
   // A program that cannot start: DEAD, found by a poll (recv) or, if the
   // server was gone before the connect (libnbd has the same race), by the call.
+  // (python3-libnbd is no oracle here: now and then its poll fails with
+  // "external event 0 is invalid in state CONNECT.START" and stays there.)
   const d = newHandle();
-  const ours = outcome(drive(d, () => d.aioConnectSystemdSocketActivation(["/nonexistent/prog"])));
-  const py = pyDrive("aio_connect_systemd_socket_activation", [["/nonexistent/prog"]]);
-  for (const o of [ours, py]) {
-    assert.is(o.state, "DEAD");
-    const failure = "ok" in o.call ? (o.poll as { err: string }).err : (o.call as { err: string }).err;
-    assert.match(failure, "ok" in o.call ? /^nbd_poll: recv: / : /^nbd_aio_connect_systemd_socket_activation: connect: Connection refused/);
-  }
+  const o = outcome(drive(d, () => d.aioConnectSystemdSocketActivation(["/nonexistent/prog"])));
+  assert.is(o.state, "DEAD");
+  const failure = "ok" in o.call ? (o.poll as { err: string }).err : (o.call as { err: string }).err;
+  assert.match(failure, "ok" in o.call ? /^nbd_poll: recv: / : /^nbd_aio_connect_systemd_socket_activation: connect: Connection (refused|reset by peer)/);
 });
 
 test("aio_connect_uri: READY (and NEGOTIATING in opt mode) through poll; a bad URI fails at once and leaves START", () => {
@@ -284,15 +283,16 @@ test("failures the call finds itself: a missing socket is -1 and DEAD, empty arg
 });
 
 test("close() while the handshake is still going: no wait for it, the server stopped, its socket dir removed", () => {
-  const before = socketDirs();
   const h = newHandle();
   assert.is(h.aioConnectSystemdSocketActivation(["nbdkit", "-f", ...DELAYED.map((a) => a.replace(`${DELAY_MS}ms`, "30"))]), 0);
   const pid = Number(h.getSubprocessPid());
   assert.is(h.aioIsConnecting(), 1);
+  const sock = decodeURIComponent(/[?&]socket=([^&]+)/.exec(h.getUri()!)![1]!);
+  assert.ok(existsSync(sock), `${sock} while connecting`);
   const { ms } = timed(() => h.close());
   assert.ok(ms < 6_000, `close took ${ms} ms`);
   assert.not.ok(alive(pid), `server ${pid} survived close()`);
-  assert.equal([...socketDirs()].filter((d) => !before.has(d)), []);
+  assert.not.ok(existsSync(dirname(sock)), `${dirname(sock)} outlived close()`);
 });
 
 // ---- the Promise API ------------------------------------------------------------------------
