@@ -11,7 +11,8 @@
  *   await h.pread(buf, 0);
  */
 import { invoke } from "./api/invoke.js";
-import { API, type CallName, type HandleMethods } from "./api/table.js";
+import { API, type CallName } from "./api/table.js";
+import type { AsyncMethods } from "./api/handle-methods.js";
 import { cName, isBytes, isOut, type Call } from "./api/types.js";
 import { track, untrack } from "./cleanup.js";
 import { Connection } from "./client/connection.js";
@@ -32,17 +33,13 @@ export class NbdError extends Error {
   }
 }
 
-type Settled<T> = Exclude<T, null>;
-
-/** Each call of the API table, as a Promise of its result. */
-export type AsyncMethods = {
-  [K in CallName]: (...args: Parameters<HandleMethods[K]>) => Promise<Settled<ReturnType<HandleMethods[K]>>>;
-};
+export type { AsyncMethods };
 
 const connections = new WeakMap<AsyncHandle, Connection>();
 const closed = new ClientError(errno.EINVAL, "invalid state: the handle has been closed");
 let nextId = 1;
 
+/** An NBD handle for async code: the blocking Handle's calls, each returning a Promise. Make one with create(). */
 export class AsyncHandle {
   /** @internal Use create(). */
   constructor() {
@@ -61,11 +58,13 @@ export class AsyncHandle {
     untrack(this);
   }
 
+  /** Closes the handle, as close() does: `await using h = create()` closes it at the end of the block. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
 }
 
+/** The calls of the API table, documented one by one in api/handle-methods.ts (generated). */
 export interface AsyncHandle extends AsyncMethods {}
 
 function method(name: CallName, call: Call) {

@@ -5,7 +5,8 @@
  * bridge, and turns the reply into libnbd's return value and last error.
  */
 import { MAX_REQUEST_SIZE } from "./constants.js";
-import { API, type CallName, type HandleMethods } from "./api/table.js";
+import { API, type CallName } from "./api/table.js";
+import type { HandleMethods } from "./api/handle-methods.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
 import { Callbacks } from "./callbacks.js";
@@ -58,11 +59,13 @@ export class Handle {
     untrack(slot.id);
   }
 
+  /** Closes the handle, as close() does: `using h = create()` closes it at the end of the block. */
   [Symbol.dispose](): void {
     this.close();
   }
 }
 
+/** The calls of the API table, documented one by one in api/handle-methods.ts (generated). */
 export interface Handle extends HandleMethods {}
 
 const closedError = new NbdError(errno.EINVAL, "invalid state: the handle has been closed");

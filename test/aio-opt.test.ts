@@ -6,15 +6,17 @@
  * (libnbd 1.16+ semantics, lib/opt.c). Where python3-libnbd (libnbd 1.14)
  * has the call, the same steps against the same server must give the same
  * calls, callbacks and states; the 1.16 calls (aio_opt_structured_reply,
- * aio_opt_set_meta_context*, aio_opt_list_meta_context_queries) follow
- * libnbd's source.
+ * aio_opt_set_meta_context*, aio_opt_list_meta_context_queries,
+ * aio_opt_starttls) and 1.18's aio_opt_extended_headers follow libnbd's
+ * source.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { CONTEXT_BASE_ALLOCATION, getErrno, getError, type Handle } from "nbd-ts";
 import { create as createAsync } from "nbd-ts/async";
 import { errno } from "../src/errno.js";
-import { pattern, timed } from "./helpers.js";
+import { fakeServer, patternAt } from "./fake-server.js";
+import { pattern, run, scratchPath, timed } from "./helpers.js";
 import { NBDKIT, fails, newHandle } from "./handles.js";
 import { camel, python } from "./libnbd.js";
 
@@ -44,7 +46,9 @@ const WITH_LIST = new Set(["aio_opt_list"]);
 const WITH_CONTEXT = new Set([
   "aio_opt_list_meta_context", "aio_opt_list_meta_context_queries", "aio_opt_set_meta_context", "aio_opt_set_meta_context_queries",
 ]);
-const WITH_COMPLETION = new Set([...WITH_LIST, ...WITH_CONTEXT, "aio_opt_go", "aio_opt_info", "aio_opt_structured_reply"]);
+const WITH_COMPLETION = new Set([
+  ...WITH_LIST, ...WITH_CONTEXT, "aio_opt_go", "aio_opt_info", "aio_opt_structured_reply", "aio_opt_starttls", "aio_opt_extended_headers",
+]);
 
 const PY_STEPS = String.raw`
 import json, sys, nbd
@@ -267,6 +271,40 @@ test("the server dies while an option waits: the poll fails, DEAD, and the compl
     assert.equal(done, ["done", drive[1].errno || errno.ENOTCONN]);
     assert.equal(dead, ["aio_is_dead", { ok: 1 }]);
   }
+});
+
+test("aio_opt_starttls (1.16) and aio_opt_extended_headers (1.18): the completion says whether the server agreed", () => {
+  // STARTTLS, against nbdkit with and without TLS (a PSK key made here).
+  const psk = scratchPath("keys.psk");
+  run("psktool", ["-u", "alice", "-p", psk]);
+  const tls = (on: boolean) => negotiating([...NBDKIT, "--log=null", `--tls=${on ? "on" : "off"}`, `--tls-psk=${psk}`, "pattern", "size=1M"], (h) => {
+    assert.is(h.setTlsPskFile(psk), 0);
+    assert.is(h.setTlsUsername("alice"), 0);
+  });
+  sameLog(steps(tls(false), [["aio_opt_starttls"], ["drive"], ["get_tls_negotiated"]]), [
+    ["aio_opt_starttls", { ok: 0 }], ["done", errno.ENOTSUP], ["drive", null, "NEGOTIATING"], ["get_tls_negotiated", { ok: 0 }],
+  ]);
+  const t = tls(true);
+  sameLog(steps(t, [["aio_opt_starttls"], ["drive"], ["get_tls_negotiated"], ["aio_opt_go"], ["drive"]]), [
+    ["aio_opt_starttls", { ok: 0 }], ["done", 0], ["drive", null, "NEGOTIATING"], ["get_tls_negotiated", { ok: 1 }],
+    ["aio_opt_go", { ok: 0 }], ["done", 0], ["drive", null, "READY"],
+  ]);
+  const buf = new Uint8Array(512);
+  assert.is(t.pread(buf, 512), 0, String(getError()));
+  assert.equal(buf, pattern(512, 512));
+
+  // Extended headers: nbdkit 1.32 does not know the option; the fake server (the codec's) takes it.
+  const refused = negotiating(exports(), (h) => assert.is(h.setRequestExtendedHeaders(false), 0));
+  sameLog(steps(refused, [["aio_opt_extended_headers"], ["drive"], ["get_extended_headers_negotiated"]]), [
+    ["aio_opt_extended_headers", { ok: 0 }], ["done", errno.ENOTSUP], ["drive", null, "NEGOTIATING"], ["get_extended_headers_negotiated", { ok: 0 }],
+  ]);
+  const agreed = negotiating(fakeServer({ extendedHeaders: true }), (h) => assert.is(h.setRequestExtendedHeaders(false), 0));
+  sameLog(steps(agreed, [["aio_opt_extended_headers"], ["drive"], ["get_extended_headers_negotiated"], ["aio_opt_go"], ["drive"]]), [
+    ["aio_opt_extended_headers", { ok: 0 }], ["done", 0], ["drive", null, "NEGOTIATING"], ["get_extended_headers_negotiated", { ok: 1 }],
+    ["aio_opt_go", { ok: 0 }], ["done", 0], ["drive", null, "READY"],
+  ]);
+  assert.is(agreed.pread(buf, 4096), 0, String(getError()));
+  assert.equal(buf, patternAt(4096n, 512));
 });
 
 // ---- in flight -------------------------------------------------------------------------------

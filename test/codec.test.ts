@@ -12,10 +12,11 @@ import {
   encodeInfoRequest, encodeMetaContextRequest, encodeOption,
 } from "../src/protocol/handshake.js";
 import {
-  decodeBlockStatus, decodeChunkHeader, decodeErrorChunk, decodeOffset, decodeOffsetHole,
-  decodeSimpleReply, encodeRequest, errnoOfNbdError, replyHeaderSize, requestBuffer,
+  decodeBlockStatus, decodeBlockStatusExt, decodeBlockStatusPayload, decodeChunkHeader, decodeErrorChunk,
+  decodeExtendedChunkHeader, decodeOffset, decodeOffsetHole, decodeRequest, decodeSimpleReply, encodeBlockStatusPayload,
+  encodeExtendedRequest, encodeRequest, errnoOfNbdError, replyHeaderSize, requestBuffer, requestHeaderSize,
 } from "../src/protocol/transmission.js";
-import { Chunk, Cmd, CmdFlag, Info, Opt } from "../src/protocol/constants.js";
+import { Chunk, Cmd, CmdFlag, Info, Opt, Rep, TFlag } from "../src/protocol/constants.js";
 
 const hex = (s: string) => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ""), "hex"));
 const toHex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
@@ -389,6 +390,107 @@ test("decodeBlockStatus: bad lengths throw", () => {
   throwsProto(() => decodeBlockStatus(hex("00000001" + "00000200")), msg);
   throwsProto(() => decodeBlockStatus(hex("00000001" + "00000200" + "00000000" + "00000200")), msg);
   throwsProto(() => decodeBlockStatus(hex("00000001" + "00000200" + "000000")), msg);
+});
+
+// ---- extended headers (NBD_OPT_EXTENDED_HEADERS) -------------------------------------
+// Fixtures from the spec's extension-ext-header text: request magic 0x21e41c71,
+// reply magic 0x6e8a278c, both headers 32 bytes with a 64-bit length.
+
+const EXT_REQ = "21e41c71";
+const EXT_REP = "6e8a278c";
+
+test("extended headers: the option, its error reply, the flags and chunk type have the spec's numbers", () => {
+  assert.is(toHex(encodeOption(Opt.EXTENDED_HEADERS)), IHAVEOPT_HEX + "0000000b" + "00000000");
+  assert.equal(decodeOptionReplyHeader(hex("0003e889045565a9" + "0000000b" + "8000000a" + "00000000")),
+    { option: 11, type: Rep.ERR_EXT_HEADER_REQD, length: 0 });
+  assert.is(TFlag.BLOCK_STATUS_PAYLOAD, 0x1000);
+  assert.is(CmdFlag.PAYLOAD_LEN, 0x20);
+  assert.is(Chunk.BLOCK_STATUS_EXT, 6);
+});
+
+test("encodeExtendedRequest: WRITE with PAYLOAD_LEN | FUA, byte-exact", () => {
+  const b = new Uint8Array(32);
+  encodeExtendedRequest(view(b), CmdFlag.PAYLOAD_LEN | CmdFlag.FUA, Cmd.WRITE, 1, 0x1000, 512);
+  assert.is(toHex(b), EXT_REQ + "0021" + "0001" + "0000000000000001" + "0000000000001000" + "0000000000000200");
+});
+
+test("encodeExtendedRequest: 64-bit lengths, as numbers and bigints", () => {
+  const b = new Uint8Array(32);
+  // TRIM of 5 GiB at 2^33.
+  encodeExtendedRequest(view(b), 0, Cmd.TRIM, 2, 2 ** 33, 5 * 2 ** 30);
+  assert.is(toHex(b), EXT_REQ + "0000" + "0004" + "0000000000000002" + "0000000200000000" + "0000000140000000");
+  encodeExtendedRequest(view(b), CmdFlag.FAST_ZERO, Cmd.WRITE_ZEROES, 3, 0n, 0xffffffffffffffffn);
+  assert.is(toHex(b), EXT_REQ + "0010" + "0006" + "0000000000000003" + zeroes(8) + "ffffffffffffffff");
+  // 2^32 exactly: one in the high word, zero in the low one.
+  encodeExtendedRequest(view(b), 0, Cmd.CACHE, 4, 0, 2 ** 32);
+  assert.is(toHex(b), EXT_REQ + "0000" + "0005" + "0000000000000004" + zeroes(8) + "0000000100000000");
+  encodeExtendedRequest(view(b), 0, Cmd.DISC, 5, 0, 0);
+  assert.is(toHex(b), EXT_REQ + "0000" + "0002" + "0000000000000005" + zeroes(16));
+  // At the start of a view that starts mid-buffer.
+  const outer = new Uint8Array(36).fill(0xee);
+  encodeExtendedRequest(new DataView(outer.buffer, 2, 32), CmdFlag.REQ_ONE | CmdFlag.PAYLOAD_LEN, Cmd.BLOCK_STATUS, 6, 512, 12);
+  assert.is(toHex(outer), "eeee" + EXT_REQ + "0028" + "0007" + "0000000000000006" + "0000000000000200" + "000000000000000c" + "eeee");
+});
+
+test("requestHeaderSize and decodeRequest (a server's side): both forms", () => {
+  assert.is(requestHeaderSize(0x25609513), 28);
+  assert.is(requestHeaderSize(0x21e41c71), 32);
+  assert.is(requestHeaderSize(0x67446698), 0);
+  assert.is(requestHeaderSize(0x6e8a278c), 0);
+  assert.equal(decodeRequest(view(hex(REQ + "0001" + "0001" + "0000000000000009" + "0000000000001000" + "ffffffff"))),
+    { extended: false, flags: 1, type: Cmd.WRITE, cookie: 9n, offset: 0x1000n, length: 0xffffffffn });
+  assert.equal(decodeRequest(view(hex(EXT_REQ + "0020" + "0006" + "0000000100000000" + "fffffffffffffe00" + "0000000140000000"))),
+    { extended: true, flags: 0x20, type: Cmd.WRITE_ZEROES, cookie: 2n ** 32n, offset: 0xfffffffffffffe00n, length: 0x140000000n });
+});
+
+test("replyHeaderSize: the extended reply magic means 32 bytes", () => {
+  assert.is(replyHeaderSize(0x6e8a278c), 32);
+  assert.is(replyHeaderSize(view(hex(EXT_REP)).getUint32(0)), 32);
+  // The request magics are not reply magics.
+  assert.is(replyHeaderSize(0x21e41c71), 0);
+});
+
+test("decodeExtendedChunkHeader", () => {
+  assert.equal(decodeExtendedChunkHeader(view(hex(EXT_REP + "0001" + "0006" + "0000000000000007" + "0000000100000000" + "0000000000000028"))),
+    { flags: 1, type: Chunk.BLOCK_STATUS_EXT, cookie: 7, offset: 2n ** 32n, length: 40 });
+  assert.equal(decodeExtendedChunkHeader(view(hex(EXT_REP + "0000" + "0001" + "0000000100000003" + "0000000000001000" + "0000000000000208"))),
+    { flags: 0, type: Chunk.OFFSET_DATA, cookie: 0x100000003, offset: 0x1000n, length: 520 });
+  // A length beyond any sane reply still compares as huge (it is checked against 64 MiB).
+  const huge = decodeExtendedChunkHeader(view(hex(EXT_REP + "ffff" + "8001" + zeroes(8) + "ffffffffffffffff" + "ffffffffffffffff")));
+  assert.equal([huge.flags, huge.type, huge.cookie, huge.offset], [0xffff, 0x8001, 0, 0xffffffffffffffffn]);
+  assert.ok(huge.length > 2 ** 63);
+  // 2^32 + 8: not truncated to 32 bits.
+  assert.is(decodeExtendedChunkHeader(view(hex(EXT_REP + "0001" + "0000" + zeroes(8) + zeroes(8) + "0000000100000008"))).length, 2 ** 32 + 8);
+});
+
+test("decodeBlockStatusExt: id, count, 64-bit (length, status) pairs", () => {
+  const r = decodeBlockStatusExt(hex("00000001" + "00000002" + "0000000140000000" + "0000000000000000" + "00000000c0000000" + "0000000000000003"));
+  assert.is(r.id, 1);
+  assert.is(r.count, 2);
+  assert.instance(r.entries, BigUint64Array);
+  assert.equal(Array.from(r.entries), [0x140000000n, 0n, 0xc0000000n, 3n]);
+  const wide = decodeBlockStatusExt(hex("aa" + "ffffffff" + "00000001" + "ffffffffffffffff" + "ffffffff00000001").subarray(1));
+  assert.equal([wide.id, wide.count, Array.from(wide.entries)], [0xffffffff, 1, [0xffffffffffffffffn, 0xffffffff00000001n]]);
+  // The count is as sent, even when it disagrees with the payload.
+  assert.is(decodeBlockStatusExt(hex("00000001" + "00000005" + "0000000000000200" + zeroes(8))).count, 5);
+});
+
+test("decodeBlockStatusExt: bad lengths throw", () => {
+  const msg = "invalid length in NBD_REPLY_TYPE_BLOCK_STATUS_EXT";
+  throwsProto(() => decodeBlockStatusExt(hex("00000001" + "00000000")), msg);
+  throwsProto(() => decodeBlockStatusExt(hex("00000001" + "00000001" + "0000000000000200")), msg);
+  throwsProto(() => decodeBlockStatusExt(hex("00000001" + "00000001" + "0000000000000200" + zeroes(8) + "00")), msg);
+  // A compact BLOCK_STATUS payload (4 + 8n) is not an extended one.
+  throwsProto(() => decodeBlockStatusExt(hex("00000001" + "00000200" + "00000000" + "00000200" + "00000000")), msg);
+});
+
+test("encodeBlockStatusPayload / decodeBlockStatusPayload: 64-bit length, then 32-bit context ids", () => {
+  assert.is(toHex(encodeBlockStatusPayload(0x140000000n, [1, 2])), "0000000140000000" + "00000001" + "00000002");
+  assert.is(toHex(encodeBlockStatusPayload(512n, [])), "0000000000000200");
+  assert.equal(decodeBlockStatusPayload(hex("ffffffffffffffff" + "ffffffff")), { length: 0xffffffffffffffffn, ids: [0xffffffff] });
+  assert.equal(decodeBlockStatusPayload(hex("0000000000001000")), { length: 4096n, ids: [] });
+  throwsProto(() => decodeBlockStatusPayload(hex("00000000")), "invalid block status payload length");
+  throwsProto(() => decodeBlockStatusPayload(hex("0000000000001000" + "0001")), "invalid block status payload length");
 });
 
 test("errnoOfNbdError", () => {

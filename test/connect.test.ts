@@ -519,12 +519,18 @@ test("killSubprocess(0) sends SIGTERM to an activated nbdkit: it refuses new req
   assert.is(h.connectSystemdSocketActivation(["nbdkit", "-f", "memory", "size=1M"]), 0, `connect: ${getError()}`);
   const pid = serverPid(h);
   assert.is(h.killSubprocess(0), 0, `kill: ${getError()}`);
-  // nbdkit answers requests after SIGTERM with NBD_ESHUTDOWN.
+  // nbdkit answers requests after SIGTERM with NBD_ESHUTDOWN, and keeps
+  // serving its client until it disconnects; on a loaded machine its
+  // shutdown may win the race and drop the connection first (a reset).
   const buf = new Uint8Array(512);
   waitFor(() => h.pread(buf, 0) === -1, 3000, "nbdkit to see SIGTERM");
-  assert.is(getErrno(), errno.ESHUTDOWN, getError()!);
-  assert.ok(alive(pid), "nbdkit keeps serving its client until it disconnects");
-  assert.is(h.shutdown(), 0, `shutdown: ${getError()}`);
+  if (getErrno() === errno.ESHUTDOWN) {
+    assert.ok(alive(pid), "nbdkit keeps serving its client until it disconnects");
+    assert.is(h.shutdown(), 0, `shutdown: ${getError()}`);
+  } else {
+    assert.ok([errno.ECONNRESET, errno.ENOTCONN].includes(getErrno() as 104 | 107), `${getErrno()}: ${getError()}`);
+    assert.is(h.aioIsDead(), 1);
+  }
   waitFor(() => !alive(pid), 5000, `nbdkit ${pid} to exit after SIGTERM + disconnect`);
   h.close();
 });

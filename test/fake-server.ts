@@ -17,22 +17,36 @@
  *   FIXED_NEWSTYLE | NO_ZEROES); without FIXED_NEWSTYLE the fake is strict
  *   and closes on any option but NBD_OPT_EXPORT_NAME.
  * - `size`, `eflags`, `structuredReplies` (ACK NBD_OPT_STRUCTURED_REPLY?).
+ * - `extendedHeaders`: ACK NBD_OPT_EXTENDED_HEADERS (default: refuse it with
+ *   ERR_UNSUP, as nbdkit 1.32 and qemu-nbd 7.2 do). Once agreed, requests are
+ *   read in the 32-byte extended form (a compact one hangs up), and every
+ *   reply the R helpers build is an extended chunk; NBD_OPT_STRUCTURED_REPLY
+ *   is then answered ERR_EXT_HEADER_REQD.
+ * - `metaContexts`: name → id of the contexts NBD_OPT_SET_META_CONTEXT
+ *   selects when asked for (default: the option is refused). Block status is
+ *   then answered honestly: one extent of status 0 per selected context (or
+ *   per id in a PAYLOAD_LEN request's payload), to the end of the request.
+ * - NBD_OPT_GO / NBD_OPT_INFO answer NBD_INFO_DESCRIPTION (set_full_info)
+ *   with the option codes received so far ("11,8,7"): a test's view of the
+ *   handshake.
  * - `onOption(opt, R, srv)`, `onRequest(req, R, srv)`: return the actions
  *   that answer it (byte arrays to send, "close" to hang up), or undefined
  *   for the honest answer (`R.go(opt)`, `R.reply(req)` give it, to build
  *   on). An empty list sends nothing at all; "close" and "reset" hang up.
  *
  * The hooks are sent to the server as source text: they may use only their
- * arguments (no closures, no imports); `srv.vars` carries script data.
+ * arguments (no closures, no imports); `srv.vars` carries script data. A hook
+ * that answers NBD_OPT_EXTENDED_HEADERS itself sets `srv.extended` itself.
  */
 import { Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import {
-  Chunk, Cmd, EXPORT_NAME_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, Info, NBDMAGIC, OLDSTYLE_MAGIC,
-  OPTION_HEADER_SIZE, OPTION_REPLY_MAGIC, Opt, REPLY_FLAG_DONE, REQUEST_MAGIC, REQUEST_SIZE, Rep,
-  SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, TFlag,
+  Chunk, Cmd, CmdFlag, EXPORT_NAME_ZEROES, EXTENDED_REPLY_MAGIC, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, Info,
+  NBDMAGIC, OLDSTYLE_MAGIC, OPTION_HEADER_SIZE, OPTION_REPLY_MAGIC, Opt, REPLY_FLAG_DONE, Rep, SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC, TFlag,
 } from "../src/protocol/constants.js";
-import { dv, utf8 } from "../src/protocol/handshake.js";
+import { dv, text, utf8 } from "../src/protocol/handshake.js";
+import { decodeBlockStatusPayload, decodeRequest, requestHeaderSize } from "../src/protocol/transmission.js";
 
 // ---- what a script is ------------------------------------------------------------
 
@@ -40,13 +54,20 @@ export interface Option { code: number; data: Uint8Array }
 export interface Request {
   /** 0 for the first request of the connection. */
   index: number;
+  /** It came in the 32-byte extended form. */
+  extended: boolean;
   flags: number;
   type: number;
   cookie: bigint;
   offset: bigint;
+  /** The length field, whole (64 bits in the extended form)... */
+  length: bigint;
+  /** ...and as a number (inexact beyond 2^53). */
   count: number;
   /** NBD_CMD_WRITE's payload. */
   data?: Uint8Array;
+  /** Any other command's payload (extended form, PAYLOAD_LEN). */
+  payload?: Uint8Array;
 }
 /**
  * Bytes to send; "close": hang up (EOF); "reset": stop reading, then exit
@@ -58,6 +79,12 @@ export interface ServerState {
   size: bigint;
   eflags: number;
   structured: boolean;
+  /** Extended headers were agreed: requests and replies are in the extended form. */
+  extended: boolean;
+  /** Option codes received so far. */
+  options: number[];
+  /** The contexts the last NBD_OPT_SET_META_CONTEXT selected, by id. */
+  contexts: Map<number, string>;
   vars: Record<string, unknown>;
 }
 
@@ -67,6 +94,8 @@ export interface Script {
   size?: bigint;
   eflags?: number;
   structuredReplies?: boolean;
+  extendedHeaders?: boolean;
+  metaContexts?: Record<string, number>;
   vars?: Record<string, unknown>;
   onOption?: (opt: Option, R: Replies, srv: ServerState) => Action[] | undefined;
   onRequest?: (req: Request, R: Replies, srv: ServerState) => Action[] | undefined;
@@ -143,9 +172,19 @@ export function simpleReply(cookie: bigint, error = 0, data?: Uint8Array): Uint8
   return data ? cat(b, data) : b;
 }
 
-export interface ChunkOpts { flags?: number; cookie?: bigint; length?: number; magic?: number }
+export interface ChunkOpts {
+  flags?: number;
+  cookie?: bigint;
+  /** Overrides the header's length field (the payload is sent as given). */
+  length?: number | bigint;
+  magic?: number;
+  /** The R helpers' header form: by default extended once extended headers were agreed, else structured. */
+  form?: "structured" | "extended";
+  /** An extended header's offset field (default: the request's). */
+  replyOffset?: bigint;
+}
 
-/** A structured reply chunk; `length` overrides the header's length field (the payload is sent as given). */
+/** A structured reply chunk (20-byte header). */
 export function chunk(cookie: bigint, type: number, payload: Uint8Array, o: ChunkOpts = {}): Uint8Array {
   const b = new Uint8Array(20);
   const v = dv(b);
@@ -153,8 +192,40 @@ export function chunk(cookie: bigint, type: number, payload: Uint8Array, o: Chun
   v.setUint16(4, o.flags ?? REPLY_FLAG_DONE);
   v.setUint16(6, type);
   v.setBigUint64(8, o.cookie ?? cookie);
-  v.setUint32(16, o.length ?? payload.byteLength);
+  v.setUint32(16, Number(o.length ?? payload.byteLength));
   return cat(b, payload);
+}
+
+/** An extended reply chunk (32-byte header with the request's offset and a 64-bit length). */
+export function extendedChunk(cookie: bigint, offset: bigint, type: number, payload: Uint8Array, o: ChunkOpts = {}): Uint8Array {
+  const b = new Uint8Array(32);
+  const v = dv(b);
+  v.setUint32(0, o.magic ?? EXTENDED_REPLY_MAGIC);
+  v.setUint16(4, o.flags ?? REPLY_FLAG_DONE);
+  v.setUint16(6, type);
+  v.setBigUint64(8, o.cookie ?? cookie);
+  v.setBigUint64(16, o.replyOffset ?? offset);
+  v.setBigUint64(24, BigInt(o.length ?? payload.byteLength));
+  return cat(b, payload);
+}
+
+/** A block status payload: (length, status) pairs, 32-bit (BLOCK_STATUS) or 64-bit (BLOCK_STATUS_EXT, with its count). */
+export function blockStatusPayload(id: number, extents: [bigint | number, bigint | number][], wide: boolean, count = extents.length): Uint8Array {
+  const head = wide ? 8 : 4;
+  const b = new Uint8Array(head + extents.length * (wide ? 16 : 8));
+  const v = dv(b);
+  v.setUint32(0, id);
+  if (wide) v.setUint32(4, count);
+  extents.forEach(([len, flags], i) => {
+    if (wide) {
+      v.setBigUint64(head + 16 * i, BigInt(len));
+      v.setBigUint64(head + 16 * i + 8, BigInt(flags));
+    } else {
+      v.setUint32(head + 8 * i, Number(len));
+      v.setUint32(head + 8 * i + 4, Number(flags));
+    }
+  });
+  return b;
 }
 
 export function offsetDataPayload(offset: bigint, data: Uint8Array): Uint8Array {
@@ -189,6 +260,13 @@ export interface Replies {
   hole(req: Request, offset: bigint, length: number, o?: ChunkOpts): Uint8Array;
   error(req: Request, error: number, message?: string, o?: ChunkOpts & { offset?: bigint }): Uint8Array;
   none(req: Request, o?: ChunkOpts): Uint8Array;
+  /**
+   * One status chunk for context `id`: BLOCK_STATUS_EXT once extended
+   * headers were agreed, else BLOCK_STATUS; `type` forces one, `count`
+   * overrides BLOCK_STATUS_EXT's descriptor count.
+   */
+  blockStatus(req: Request, id: number, extents: [bigint | number, bigint | number][],
+    o?: ChunkOpts & { type?: number; count?: number }): Uint8Array;
   /** The honest answer to any request (reads from the disk, writes to it). */
   reply(req: Request): Uint8Array;
   /** The disk's bytes. */
@@ -203,12 +281,25 @@ export interface Replies {
 
 const BLOCK = 4096n;
 
-function replies(srv: ServerState, disk: Map<bigint, Uint8Array>): Replies {
+/**
+ * The disk: nbdkit's pattern, under ranges zeroed by WRITE_ZEROES and TRIM
+ * (kept as ranges, so that zeroing gigabytes costs nothing), under 4 KiB
+ * blocks that writes touched.
+ */
+interface Disk { blocks: Map<bigint, Uint8Array>; zeroed: [bigint, bigint][] }
+
+function replies(srv: ServerState, disk: Disk): Replies {
   const read = (offset: bigint, count: number): Uint8Array => {
     const out = patternAt(offset, count);
+    const end = offset + BigInt(count);
+    for (const [from, to] of disk.zeroed) {
+      if (to <= offset || from >= end) continue;
+      const a = from > offset ? Number(from - offset) : 0;
+      out.fill(0, a, to < end ? Number(to - offset) : count);
+    }
     for (let at = 0; at < count;) {
       const pos = offset + BigInt(at);
-      const block = disk.get(pos / BLOCK);
+      const block = disk.blocks.get(pos / BLOCK);
       const inBlock = Number(pos % BLOCK);
       const n = Math.min(count - at, Number(BLOCK) - inBlock);
       if (block) out.set(block.subarray(inBlock, inBlock + n), at);
@@ -220,25 +311,54 @@ function replies(srv: ServerState, disk: Map<bigint, Uint8Array>): Replies {
     for (let at = 0; at < data.byteLength;) {
       const pos = offset + BigInt(at);
       const key = pos / BLOCK;
-      const block = disk.get(key) ?? read(key * BLOCK, Number(BLOCK));
-      disk.set(key, block);
+      const block = disk.blocks.get(key) ?? read(key * BLOCK, Number(BLOCK));
+      disk.blocks.set(key, block);
       const inBlock = Number(pos % BLOCK);
       const n = Math.min(data.byteLength - at, Number(BLOCK) - inBlock);
       block.set(data.subarray(at, at + n), inBlock);
       at += n;
     }
   };
+  const zero = (offset: bigint, length: bigint): void => {
+    const end = offset + length;
+    for (const [key, block] of disk.blocks) {
+      const from = key * BLOCK;
+      if (from + BLOCK <= offset || from >= end) continue;
+      block.fill(0, from < offset ? Number(offset - from) : 0, end < from + BLOCK ? Number(end - from) : Number(BLOCK));
+    }
+    disk.zeroed.push([offset, end]);
+  };
+  const extended = (o?: ChunkOpts): boolean => (o?.form ? o.form === "extended" : srv.extended);
   const R: Replies = {
     simple: (req, o = {}) => simpleReply(o.cookie ?? req.cookie, o.error ?? 0, o.data),
-    chunk: (req, type, payload, o) => chunk(req.cookie, type, payload, o),
-    data: (req, offset, data, o) => chunk(req.cookie, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), o),
-    hole: (req, offset, length, o) => chunk(req.cookie, Chunk.OFFSET_HOLE, offsetHolePayload(offset, length), o),
-    error: (req, error, message = "", o = {}) => chunk(req.cookie,
+    chunk: (req, type, payload, o) =>
+      extended(o) ? extendedChunk(req.cookie, req.offset, type, payload, o) : chunk(req.cookie, type, payload, o),
+    data: (req, offset, data, o) => R.chunk(req, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), o),
+    hole: (req, offset, length, o) => R.chunk(req, Chunk.OFFSET_HOLE, offsetHolePayload(offset, length), o),
+    error: (req, error, message = "", o = {}) => R.chunk(req,
       o.offset === undefined ? Chunk.ERROR : Chunk.ERROR_OFFSET, errorPayload(error, message, o.offset), o),
-    none: (req, o) => chunk(req.cookie, Chunk.NONE, new Uint8Array(0), o),
+    none: (req, o) => R.chunk(req, Chunk.NONE, new Uint8Array(0), o),
+    blockStatus: (req, id, extents, o = {}) => {
+      const type = o.type ?? (extended(o) ? Chunk.BLOCK_STATUS_EXT : Chunk.BLOCK_STATUS);
+      return R.chunk(req, type, blockStatusPayload(id, extents, type === Chunk.BLOCK_STATUS_EXT, o.count), o);
+    },
     reply(req) {
-      const end = req.offset + BigInt(req.count);
       const einval = 22;
+      // With extended headers every reply is a chunk; with structured replies only reads need one.
+      const status = (error = 0): Uint8Array =>
+        srv.extended ? (error ? R.error(req, error) : R.none(req)) : R.simple(req, { error });
+      if (req.type === Cmd.BLOCK_STATUS && srv.contexts.size) {
+        const filter = req.flags & CmdFlag.PAYLOAD_LEN && req.payload ? decodeBlockStatusPayload(req.payload) : undefined;
+        const length = filter?.length ?? req.length;
+        if (req.offset >= srv.size) return R.error(req, einval, "out of bounds");
+        const ids = filter?.ids ?? [...srv.contexts.keys()];
+        if (ids.some((id) => !srv.contexts.has(id))) return R.error(req, einval, "unknown context id");
+        const end = req.offset + length < srv.size ? req.offset + length : srv.size;
+        const chunks = ids.map((id) => R.blockStatus(req, id, [[end - req.offset, 0]], { flags: 0 }));
+        return cat(...chunks, R.none(req));
+      }
+      if (req.flags & CmdFlag.PAYLOAD_LEN && req.type !== Cmd.WRITE) return status(einval); // no payload form here
+      const end = req.offset + req.length;
       if (req.type === Cmd.READ) {
         if (end > srv.size) return srv.structured ? R.error(req, einval, "out of bounds") : R.simple(req, { error: einval });
         const data = read(req.offset, req.count);
@@ -246,16 +366,20 @@ function replies(srv: ServerState, disk: Map<bigint, Uint8Array>): Replies {
         return req.count ? R.data(req, req.offset, data) : R.none(req);
       }
       if (req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES || req.type === Cmd.TRIM) {
-        if (end > srv.size) return R.simple(req, { error: 28 });
+        if (end > srv.size) return status(28);
         if (req.type === Cmd.WRITE) write(req.offset, req.data!);
-        else write(req.offset, new Uint8Array(req.count));
+        else zero(req.offset, req.length);
       }
-      return R.simple(req);
+      return status();
     },
     read,
     go(opt) {
       if (opt.code !== Opt.GO && opt.code !== Opt.INFO) return optionReply(opt.code, Rep.ERR_UNSUP);
-      return cat(optionReply(opt.code, Rep.INFO, infoExport(srv.size, srv.eflags)), optionReply(opt.code, Rep.ACK));
+      const parts = [optionReply(opt.code, Rep.INFO, infoExport(srv.size, srv.eflags))];
+      if (infoRequests(opt.data).includes(Info.DESCRIPTION)) {
+        parts.push(optionReply(opt.code, Rep.INFO, cat(u16(Info.DESCRIPTION), utf8(srv.options.join(",")))));
+      }
+      return cat(...parts, optionReply(opt.code, Rep.ACK));
     },
     optionReply,
     bytes: (n, fill = 0) => new Uint8Array(n).fill(fill),
@@ -263,6 +387,32 @@ function replies(srv: ServerState, disk: Map<bigint, Uint8Array>): Replies {
     u32: (n) => { const b = new Uint8Array(4); dv(b).setUint32(0, n); return b; },
   };
   return R;
+}
+
+const u16 = (n: number): Uint8Array => { const b = new Uint8Array(2); dv(b).setUint16(0, n); return b; };
+
+/** The info types an NBD_OPT_GO / NBD_OPT_INFO request asks for (after its export name). */
+function infoRequests(data: Uint8Array): number[] {
+  if (data.byteLength < 6) return [];
+  const v = dv(data);
+  const at = 4 + v.getUint32(0);
+  const n = at + 2 <= data.byteLength ? v.getUint16(at) : 0;
+  return Array.from({ length: n }, (_, i) => (at + 4 + 2 * i <= data.byteLength ? v.getUint16(at + 2 + 2 * i) : -1));
+}
+
+/** The queries of an NBD_OPT_{LIST,SET}_META_CONTEXT request (after its export name). */
+function metaQueries(data: Uint8Array): string[] {
+  const v = dv(data);
+  let at = 4 + v.getUint32(0);
+  const n = v.getUint32(at);
+  at += 4;
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = v.getUint32(at);
+    out.push(text(data.subarray(at + 4, at + 4 + len)));
+    at += 4 + len;
+  }
+  return out;
 }
 
 // ---- the server ----------------------------------------------------------------------
@@ -320,9 +470,12 @@ async function serve(script: Script): Promise<void> {
     size: script.size ?? DEFAULT_SIZE,
     eflags: script.eflags ?? DEFAULT_EFLAGS,
     structured: false,
+    extended: false,
+    options: [],
+    contexts: new Map(),
     vars: script.vars ?? {},
   };
-  const R = replies(srv, new Map());
+  const R = replies(srv, { blocks: new Map(), zeroed: [] });
   const need = async (n: number): Promise<Uint8Array> => (await input.read(n)) ?? hangUp();
 
   // Greeting.
@@ -349,6 +502,7 @@ async function serve(script: Script): Promise<void> {
       if (dv(h).getBigUint64(0) !== IHAVEOPT) await hangUp();
       const opt: Option = { code: dv(h).getUint32(8), data: await need(dv(h).getUint32(12)) };
       if (!fixed && opt.code !== Opt.EXPORT_NAME) await hangUp(); // plain newstyle knows nothing else
+      srv.options.push(opt.code);
       const custom = script.onOption?.(opt, R, srv);
       if (custom) await send(custom);
       if (opt.code === Opt.EXPORT_NAME) {
@@ -364,9 +518,31 @@ async function serve(script: Script): Promise<void> {
         if (!custom) await send([optionReply(opt.code, Rep.ACK)]);
         await hangUp();
       }
+      if (opt.code === Opt.STRUCTURED_REPLY && !custom && srv.extended) {
+        await send([optionReply(opt.code, Rep.ERR_EXT_HEADER_REQD)]); // extended headers take precedence
+        continue;
+      }
       if (opt.code === Opt.STRUCTURED_REPLY && !custom) {
         srv.structured = script.structuredReplies ?? true;
         await send([optionReply(opt.code, srv.structured ? Rep.ACK : Rep.ERR_UNSUP)]);
+        continue;
+      }
+      if (opt.code === Opt.EXTENDED_HEADERS && !custom) {
+        const ok = script.extendedHeaders === true;
+        if (ok) srv.extended = srv.structured = true;
+        await send([optionReply(opt.code, ok ? Rep.ACK : Rep.ERR_UNSUP)]);
+        continue;
+      }
+      if (opt.code === Opt.SET_META_CONTEXT && !custom && script.metaContexts) {
+        srv.contexts.clear();
+        const selected: Uint8Array[] = [];
+        for (const name of metaQueries(opt.data)) {
+          const id = script.metaContexts[name];
+          if (id === undefined || srv.contexts.has(id)) continue;
+          srv.contexts.set(id, name);
+          selected.push(optionReply(opt.code, Rep.META_CONTEXT, cat(R.u32(id), utf8(name))));
+        }
+        await send([...selected, optionReply(opt.code, Rep.ACK)]);
         continue;
       }
       if (opt.code === Opt.STRUCTURED_REPLY) srv.structured = script.structuredReplies ?? true;
@@ -375,17 +551,17 @@ async function serve(script: Script): Promise<void> {
     }
   }
 
-  // Transmission.
+  // Transmission: requests in the form that was agreed; any other hangs up.
   for (let index = 0; ; index++) {
-    const h = await input.read(REQUEST_SIZE);
-    if (!h) await hangUp();
-    const v = dv(h!);
-    if (v.getUint32(0) !== REQUEST_MAGIC) await hangUp();
-    const req: Request = {
-      index, flags: v.getUint16(4), type: v.getUint16(6), cookie: v.getBigUint64(8),
-      offset: v.getBigUint64(16), count: v.getUint32(24),
-    };
+    const magic = await input.read(4);
+    if (!magic) await hangUp();
+    const size = requestHeaderSize(dv(magic!).getUint32(0));
+    if (size === 0) await hangUp();
+    const h = decodeRequest(dv(cat(magic!, await need(size - 4))));
+    if (h.extended !== srv.extended) await hangUp();
+    const req: Request = { index, ...h, count: Number(h.length) };
     if (req.type === Cmd.WRITE) req.data = await need(req.count);
+    else if (req.extended && req.flags & CmdFlag.PAYLOAD_LEN) req.payload = await need(req.count);
     if (req.type === Cmd.DISC) await hangUp();
     await send(script.onRequest?.(req, R, srv) ?? [R.reply(req)]);
   }

@@ -1,6 +1,6 @@
 /**
  * A seeded fuzz test of the reply decoder (src/client/replies.ts): valid
- * replies (simple and structured, chunks of several commands interleaved)
+ * replies (simple, structured and extended, chunks of several commands interleaved)
  * and mutated ones, split at random points into push() calls, against a
  * fake ReplyHost. Whatever the bytes:
  * - no throw escapes push(); a failure reaches host.fatal() or a command's error;
@@ -20,7 +20,10 @@ import { errnoOfNbdError } from "../src/protocol/transmission.js";
 import type { Command } from "../src/client/command.js";
 import { NbdError } from "../src/client/error.js";
 import { ReplyParser, type ReplyHost } from "../src/client/replies.js";
-import { cat, chunk, errorPayload, offsetDataPayload, offsetHolePayload, simpleReply } from "./fake-server.js";
+import {
+  blockStatusPayload, cat, chunk, errorPayload, extendedChunk, offsetDataPayload, offsetHolePayload, simpleReply,
+  type ChunkOpts,
+} from "./fake-server.js";
 
 const CASES = Number(process.env.FUZZ_CASES) || 10000;
 const SEED = Number(process.env.FUZZ_SEED) || 0x5eed;
@@ -83,14 +86,17 @@ function guardsIntact(arena: Uint8Array, cmds: Fuzzed[]): string | undefined {
 
 const big = (n: number): bigint => BigInt(n);
 
-/** The chunks (in order) that answer `c` correctly; sets c.want and c.wantError. */
-function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
+/** The chunks (in order) that answer `c` correctly; sets c.want and c.wantError. `ext`: extended headers (implies sr). */
+function replyFor(c: Fuzzed, sr: boolean, r: Rand, ext = false): Uint8Array[] {
   const cookie = big(c.cookie);
+  const count = Number(c.count);
+  const ck = (_cookie: bigint, type: number, payload: Uint8Array, o?: ChunkOpts): Uint8Array =>
+    (ext ? extendedChunk(cookie, c.offset, type, payload, o) : chunk(cookie, type, payload, o));
   const failWith = r.chance(0.2) ? r.pick(NBD_ERRORS) : 0;
   if (!sr) {
     c.wantError = failWith ? errnoOfNbdError(failWith) : 0;
     if (c.type === Cmd.READ && !failWith) {
-      const data = randomBytes(r, c.count);
+      const data = randomBytes(r, count);
       c.want = data;
       return [simpleReply(cookie, 0, data)];
     }
@@ -98,28 +104,24 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
   }
   if (c.type !== Cmd.READ && c.type !== Cmd.BLOCK_STATUS) {
     c.wantError = failWith ? errnoOfNbdError(failWith) : 0;
-    if (failWith) return [chunk(cookie, Chunk.ERROR, errorPayload(failWith, "no"))];
-    return [r.chance(0.5) ? simpleReply(cookie) : chunk(cookie, Chunk.NONE, new Uint8Array(0))];
+    if (failWith) return [ck(cookie, Chunk.ERROR, errorPayload(failWith, "no"))];
+    return [r.chance(0.5) && !ext ? simpleReply(cookie) : ck(cookie, Chunk.NONE, new Uint8Array(0))];
   }
   const parts: Uint8Array[] = [];
   if (c.type === Cmd.BLOCK_STATUS) {
     for (const id of r.chance(0.3) ? [2, 1] : [1]) {
       const n = 1 + r(4);
-      const p = new Uint8Array(4 + 8 * n);
-      const v = new DataView(p.buffer);
-      v.setUint32(0, id);
-      for (let i = 0; i < n; i++) {
-        v.setUint32(4 + 8 * i, 1 + r(100000));
-        v.setUint32(8 + 8 * i, r(4));
-      }
-      parts.push(chunk(cookie, Chunk.BLOCK_STATUS, p, { flags: 0 }));
+      // With extended headers, lengths beyond 32 bits too (block_status clamps them, without error).
+      const extents = Array.from({ length: n }, (): [bigint, number] =>
+        [ext && r.chance(0.2) ? big(1 + r(1000)) << 32n : big(1 + r(100000)), r(4)]);
+      parts.push(ck(cookie, ext ? Chunk.BLOCK_STATUS_EXT : Chunk.BLOCK_STATUS, blockStatusPayload(id, extents, ext), { flags: 0 }));
     }
   } else {
     // Data and holes that tile [0, count), in any order.
-    const want = new Uint8Array(c.count);
+    const want = new Uint8Array(count);
     const pieces: [number, number][] = [];
-    for (let at = 0; at < c.count;) {
-      const len = Math.min(c.count - at, 1 + r(r.chance(0.5) ? 64 : 2048));
+    for (let at = 0; at < count;) {
+      const len = Math.min(count - at, 1 + r(r.chance(0.5) ? 64 : 2048));
       pieces.push([at, len]);
       at += len;
     }
@@ -130,11 +132,11 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
     for (const [at, len] of pieces) {
       const offset = c.offset + big(at);
       if (r.chance(0.3)) {
-        parts.push(chunk(cookie, Chunk.OFFSET_HOLE, offsetHolePayload(offset, len), { flags: 0 }));
+        parts.push(ck(cookie, Chunk.OFFSET_HOLE, offsetHolePayload(offset, len), { flags: 0 }));
       } else {
         const data = randomBytes(r, len);
         want.set(data, at);
-        parts.push(chunk(cookie, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), { flags: 0 }));
+        parts.push(ck(cookie, Chunk.OFFSET_DATA, offsetDataPayload(offset, data), { flags: 0 }));
       }
     }
     c.want = want;
@@ -142,14 +144,14 @@ function replyFor(c: Fuzzed, sr: boolean, r: Rand): Uint8Array[] {
   c.wantError = 0;
   if (failWith) {
     // An error chunk anywhere among the others; ERROR_OFFSET needs an offset inside the range.
-    const withOffset = c.count > 0 && r.chance(0.5);
-    const payload = errorPayload(failWith, "x".repeat(r(20)), withOffset ? c.offset + big(r(c.count)) : undefined);
-    parts.splice(r(parts.length + 1), 0, chunk(cookie, withOffset ? Chunk.ERROR_OFFSET : Chunk.ERROR, payload, { flags: 0 }));
+    const withOffset = count > 0 && r.chance(0.5);
+    const payload = errorPayload(failWith, "x".repeat(r(20)), withOffset ? c.offset + big(r(count)) : undefined);
+    parts.splice(r(parts.length + 1), 0, ck(cookie, withOffset ? Chunk.ERROR_OFFSET : Chunk.ERROR, payload, { flags: 0 }));
     c.wantError = errnoOfNbdError(failWith);
   }
   // DONE on the last chunk, or a NONE after it.
   const last = parts.length - 1;
-  if (last < 0 || r.chance(0.4)) parts.push(chunk(cookie, Chunk.NONE, new Uint8Array(0)));
+  if (last < 0 || r.chance(0.4)) parts.push(ck(cookie, Chunk.NONE, new Uint8Array(0)));
   else parts[last]![5]! |= REPLY_FLAG_DONE;
   return parts;
 }
@@ -228,6 +230,7 @@ function split(s: Uint8Array, r: Rand): Uint8Array[] {
 function runCase(seed: number): void {
   const r = prng(seed);
   const sr = r.chance(0.8);
+  const ext = sr && r.chance(0.4);
   const mutated = r.chance(0.7);
   const types = sr ? [Cmd.READ, Cmd.READ, Cmd.READ, Cmd.WRITE, Cmd.FLUSH, Cmd.TRIM, Cmd.BLOCK_STATUS] : [Cmd.READ, Cmd.READ, Cmd.WRITE, Cmd.FLUSH];
   const n = 1 + r(4);
@@ -243,7 +246,7 @@ function runCase(seed: number): void {
     const count = type === Cmd.READ ? counts[i]! : 1 + r(1 << 20);
     const offset = r.chance(0.1) ? 2n ** 63n - 1n - big(count) - big(r(1000)) : big(r(1 << 30));
     const c: Fuzzed = {
-      cookie, type, flags: 0, offset, count, error: 0, seen: 0, wantError: 0, at: starts[i]!,
+      cookie, type, flags: 0, offset, count: big(count), error: 0, seen: 0, wantError: 0, at: starts[i]!,
       buf: type === Cmd.READ ? arena.subarray(starts[i]!, starts[i]! + count) : undefined,
       settle: () => problems.push("settle() called by the parser"),
     };
@@ -278,7 +281,7 @@ function runCase(seed: number): void {
     }
     return c;
   });
-  const stream = interleave(cmds.map((c) => replyFor(c, sr, r)), r);
+  const stream = interleave(cmds.map((c) => replyFor(c, sr, r, ext)), r);
   const bytes = mutated ? mutate(stream, r) : stream;
 
   const inflight = new Map(cmds.map((c) => [c.cookie, c]));
@@ -286,6 +289,8 @@ function runCase(seed: number): void {
   let fatal: NbdError | undefined;
   const host: ReplyHost = {
     structuredReplies: () => sr,
+    extendedHeaders: () => ext,
+    exportSize: () => 2n ** 64n - 1n,
     stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
     awaiting: () => inflight.size > 0,
     contextName: (id) => (id === 1 ? "base:allocation" : undefined),
@@ -297,7 +302,7 @@ function runCase(seed: number): void {
       retired.add(cmd.cookie);
       inflight.delete(cmd.cookie);
       if (!Number.isInteger(cmd.error) || cmd.error < 0) problems.push(`cookie ${cmd.cookie} retired with error ${cmd.error}`);
-      if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== cmd.count) {
+      if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== Number(cmd.count)) {
         problems.push(`read ${cmd.cookie} retired as a success with ${cmd.seen} of ${cmd.count} bytes`);
       }
     },
@@ -335,7 +340,7 @@ function runCase(seed: number): void {
     }
   }
   if (problems.length) {
-    throw new Error(`FUZZ_SEED=${SEED} case seed ${seed} (${mutated ? "mutated" : "valid"}, ${sr ? "structured" : "simple"}, ` +
+    throw new Error(`FUZZ_SEED=${SEED} case seed ${seed} (${mutated ? "mutated" : "valid"}, ${ext ? "extended" : sr ? "structured" : "simple"}, ` +
       `${cmds.map((c) => `${c.type}:${c.cookie}:${c.count}`).join(" ")}):\n  ${problems.join("\n  ")}`);
   }
 }
@@ -369,7 +374,7 @@ test("the fuzzer itself: valid streams parse cleanly, mutated ones reach fatal()
     const r = prng(caseSeed(i) ^ 0xabcdef);
     const sr = true;
     const c: Fuzzed = {
-      cookie: 7, type: Cmd.READ, flags: 0, offset: 4096n, count: 100, error: 0, seen: 0, wantError: 0, at: GUARD_LEN,
+      cookie: 7, type: Cmd.READ, flags: 0, offset: 4096n, count: 100n, error: 0, seen: 0, wantError: 0, at: GUARD_LEN,
       buf: new Uint8Array(100), settle: () => {},
     };
     const bytes = mutate(cat(...replyFor(c, sr, r)), r);
@@ -377,6 +382,8 @@ test("the fuzzer itself: valid streams parse cleanly, mutated ones reach fatal()
     let done = false;
     const parser = new ReplyParser({
       structuredReplies: () => sr,
+      extendedHeaders: () => false,
+      exportSize: () => 1n << 20n,
       stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
       awaiting: () => !done,
       contextName: () => undefined,
@@ -397,12 +404,14 @@ test("a known stream: two reads interleaved, split byte by byte, fill their buff
   const a = arena.subarray(64, 80);
   const b = arena.subarray(144, 152);
   const mk = (cookie: number, offset: bigint, buf: Uint8Array): Command => ({
-    cookie, type: Cmd.READ, flags: 0, offset, count: buf.byteLength, buf, error: 0, seen: 0, settle: () => {},
+    cookie, type: Cmd.READ, flags: 0, offset, count: big(buf.byteLength), buf, error: 0, seen: 0, settle: () => {},
   });
   const cmds = new Map([[1, mk(1, 100n, a)], [2, mk(2, 0n, b)]]);
   const order: number[] = [];
   const parser = new ReplyParser({
     structuredReplies: () => true,
+    extendedHeaders: () => false,
+    exportSize: () => 1n << 20n,
     stats: { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 },
     awaiting: () => cmds.size > 0,
     contextName: () => undefined,

@@ -97,6 +97,32 @@ export function nbdkitTcp(...args: string[]): Server & { port: number } {
   return { ...nbdkit(["-i", "127.0.0.1", "-p", String(port), ...args]), port };
 }
 
+/** Whether a socket listens on 127.0.0.1:port (read from /proc/net/tcp: probing it would be a client). */
+function listening(port: number): boolean {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  return readFileSync("/proc/net/tcp", "utf8").split("\n").some((line) => {
+    const fields = line.trim().split(/\s+/);
+    return fields[1] === local && fields[3] === "0A";
+  });
+}
+
+/** `qemu-nbd -t` (persistent, up to 8 clients at once) on a loopback TCP port, with `args` (options, then the image). */
+export function qemuNbdTcp(...args: string[]): Server & { port: number } {
+  const port = freePort();
+  const child = spawn("qemu-nbd", ["-t", "-e", "8", "-b", "127.0.0.1", "-p", String(port), ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  child.unref();
+  const pid = child.pid!;
+  waitFor(() => listening(port) || !alive(pid), 10_000, `qemu-nbd ${args.join(" ")}`);
+  if (!alive(pid)) throw new Error(`qemu-nbd ${args.join(" ")} exited`);
+  const stop = () => {
+    if (!alive(pid)) return;
+    process.kill(pid, "SIGTERM");
+    waitFor(() => !alive(pid), 5_000, `qemu-nbd ${pid} to exit`);
+  };
+  stops.push(stop);
+  return { pid, stop, port };
+}
+
 /** Stops every server this file started and removes the scratch dir. */
 export function cleanup(): void {
   for (const stop of stops.splice(0)) stop();

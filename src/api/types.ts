@@ -5,6 +5,8 @@
  * coverage table are all derived from entries written in these terms.
  */
 
+import type { errno } from "../errno.js";
+
 /** Handle states in which a call is permitted (libnbd's permitted_states). */
 export type State = "created" | "connecting" | "negotiating" | "connected" | "closed" | "dead";
 
@@ -58,6 +60,15 @@ export const FAILS_ON_MINUS_ONE: ReadonlySet<Shape> = new Set(["chunk", "extent"
  */
 export type Ret = "err" | "bool" | "int" | "uint" | "int64" | "cookie" | "string" | "staticString";
 
+export type ErrnoName = keyof typeof errno;
+
+/**
+ * Why a call fails with an errno, beyond what its states, arguments and
+ * flags already say (the docs derive those): pairs of errno and cause, after
+ * `man 3 nbd_<call>` and libnbd's source, in our own words.
+ */
+export type Errors = readonly (readonly [ErrnoName, string])[];
+
 export interface Call {
   readonly args: readonly Arg[];
   /** Trailing optional arguments (libnbd's OFlags). */
@@ -77,6 +88,8 @@ export interface Call {
   readonly issues?: string;
   /** The C name when it is not the snake_case of the key (nbd_poll2, nbd_block_status_64). */
   readonly c?: string;
+  /** Errnos particular to this call (see Errors). */
+  readonly errors?: Errors;
   readonly since: string;
   readonly summary: string;
 }

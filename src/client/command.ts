@@ -10,9 +10,12 @@ export interface Command {
   readonly type: Cmd;
   readonly flags: number;
   readonly offset: bigint;
-  readonly count: number;
+  /** The request's length field (64 bits with extended headers). */
+  readonly count: bigint;
   /** READ: where the data goes. WRITE: what is sent. */
   readonly buf: Uint8Array | undefined;
+  /** block_status_filter's payload (sent only with extended headers and PAYLOAD_LEN). */
+  readonly payload?: Uint8Array | undefined;
   /** The first errno the reply carried; 0 while all is well. */
   error: number;
   /** The server's own text for that error, if it sent one. */

@@ -6,8 +6,8 @@
  */
 import { MAX_REQUEST_SIZE, STRICT_ALIGN, STRICT_AUTO_FLAG, STRICT_BOUNDS, STRICT_COMMANDS, STRICT_PAYLOAD, STRICT_ZERO_SIZE } from "../constants.js";
 import { errno } from "../errno.js";
-import { Cmd, CmdFlag, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
-import { encodeRequest } from "../protocol/transmission.js";
+import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
+import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
 import { type Callback, type Command, commandName } from "./command.js";
 import { NbdError } from "./error.js";
 import { recorders } from "./events.js";
@@ -92,9 +92,16 @@ export class Commands extends Negotiation {
   }
 
   #write(buf: Uint8Array, offset: bigint, flags: number, callbacks?: Callbacks): Command {
+    // STRICT_AUTO_FLAG: PAYLOAD_LEN follows what was negotiated, whatever the caller said (libnbd 1.18).
+    if (this.strict & STRICT_AUTO_FLAG) flags = this.#extended() ? flags | CmdFlag.PAYLOAD_LEN : flags & ~CmdFlag.PAYLOAD_LEN;
     this.#strictWrite(flags);
-    return this.#command(Cmd.WRITE, flags & ~CmdFlag.PAYLOAD_LEN, offset, BigInt(buf.byteLength), errno.ENOSPC, buf, callbacks);
+    if (this.strict & STRICT_COMMANDS && !!(flags & CmdFlag.PAYLOAD_LEN) !== this.#extended()) {
+      throw new NbdError(errno.EINVAL, "incorrect setting for PAYLOAD_LEN flag");
+    }
+    return this.#command(Cmd.WRITE, flags, offset, BigInt(buf.byteLength), errno.ENOSPC, buf, callbacks);
   }
+
+  #extended(): boolean { return this.neg!.extendedHeaders; }
 
   #flush(flags: number, callbacks?: Callbacks): Command {
     this.#strictCommand(TFlag.SEND_FLUSH, "flush");
@@ -139,25 +146,30 @@ export class Commands extends Negotiation {
   }
 
   /**
-   * libnbd 1.18's block_status_filter. The ids of `contexts` travel as the
-   * request's payload, which needs extended headers: nbd-ts negotiates none
-   * yet (and libnbd ignores a server's BLOCK_STATUS_PAYLOAD flag without
-   * them), so in the default strict mode the call fails before anything is
-   * sent. With STRICT_AUTO_FLAG and STRICT_COMMANDS cleared libnbd goes on:
-   * each context must have been negotiated, and a compact request goes out
-   * whose length is that of the payload it cannot carry (8 + 4 per context).
+   * libnbd 1.18's block_status_filter. The request's payload (the count, then
+   * the ids of `contexts`) needs extended headers and a server that claims
+   * BLOCK_STATUS_PAYLOAD. With STRICT_AUTO_FLAG and STRICT_COMMANDS cleared
+   * libnbd goes on without them: the request's length is the payload's, and
+   * the payload itself goes out only with extended headers and PAYLOAD_LEN.
    */
   #blockStatusFilter(count: bigint, offset: bigint, contexts: string[], flags: number, callbacks: Callbacks): Command {
     this.#checkBlockStatus();
-    if (this.strict & STRICT_AUTO_FLAG) throw new NbdError(errno.ENOTSUP, "server does not support extended headers");
-    if (this.strict & STRICT_COMMANDS) throw new NbdError(errno.EINVAL, "server does not support the block status payload flag");
-    const neg = this.neg!;
-    for (const name of contexts) {
-      if (!neg.metaValid || !neg.metaContexts.some((c) => c.name === name)) {
-        throw new NbdError(errno.EINVAL, `context ${name} not negotiated`);
-      }
+    if (this.strict & STRICT_AUTO_FLAG) {
+      if (!this.#extended()) throw new NbdError(errno.ENOTSUP, "server does not support extended headers");
+      flags |= CmdFlag.PAYLOAD_LEN;
     }
-    return this.#command(Cmd.BLOCK_STATUS, flags, offset, count, errno.EINVAL, undefined, callbacks, 8 + 4 * contexts.length);
+    if (this.strict & STRICT_COMMANDS) {
+      if (!this.canBlockStatusPayload()) throw new NbdError(errno.EINVAL, "server does not support the block status payload flag");
+      if (!(flags & CmdFlag.PAYLOAD_LEN)) throw new NbdError(errno.EINVAL, "incorrect setting for PAYLOAD_LEN flag");
+    }
+    const neg = this.neg!;
+    const ids = contexts.map((name) => {
+      const id = neg.metaValid ? neg.metaContexts.find((c) => c.name === name)?.id : undefined;
+      if (id === undefined) throw new NbdError(errno.EINVAL, `context ${name} not negotiated`);
+      return id;
+    });
+    return this.#command(Cmd.BLOCK_STATUS, flags, offset, count, errno.EINVAL, undefined, callbacks,
+      encodeBlockStatusPayload(count, ids));
   }
 
   // STRICT_COMMANDS: refuse what the server did not advertise (lib/rw.c).
@@ -185,7 +197,7 @@ export class Commands extends Negotiation {
    */
   #command(
     type: Cmd, flags: number, offset: bigint, count: bigint, countErr: number, buf?: Uint8Array, callbacks?: Callbacks,
-    payload?: number,
+    payload?: Uint8Array,
   ): Command {
     const info = this.neg!.export;
     if (this.disconnectRequested) throw new NbdError(errno.EINVAL, "cannot request more commands after NBD_CMD_DISC");
@@ -200,10 +212,11 @@ export class Commands extends Negotiation {
       }
     }
     if (payload !== undefined) {
-      if (payload > MAX_REQUEST_SIZE || (this.strict & STRICT_PAYLOAD && payload > info.payloadMaximum)) {
+      const length = payload.byteLength;
+      if (length > MAX_REQUEST_SIZE || (this.strict & STRICT_PAYLOAD && length > info.payloadMaximum)) {
         throw new NbdError(errno.ERANGE, "filter set too large");
       }
-      count = BigInt(payload);
+      count = BigInt(length);
     }
     if (type === Cmd.WRITE && this.strict & STRICT_PAYLOAD && count > info.payloadMaximum) {
       throw new NbdError(errno.ERANGE, `request too large: maximum payload size is ${info.payloadMaximum}`);
@@ -211,7 +224,10 @@ export class Commands extends Negotiation {
     if ((type === Cmd.READ || type === Cmd.WRITE) && count > MAX_REQUEST_SIZE) {
       throw new NbdError(errno.ERANGE, `request too large: maximum request size is ${MAX_REQUEST_SIZE}`);
     }
-    if (count > 0xffffffffn) throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
+    // The compact request's length field is 32 bits; the extended one's is 64.
+    if (count > 0xffffffffn && !this.#extended()) {
+      throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
+    }
     if (this.peerGone) {
       // libnbd's send fails: DEAD, and the command is retired with ENOTCONN.
       this.die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
@@ -221,7 +237,7 @@ export class Commands extends Negotiation {
     // leaves stale bytes behind (libnbd's pread_initialize).
     if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
     const cmd: Command = {
-      cookie: this.nextCookie++, type, flags, offset, count: Number(count), buf, error: 0, seen: 0, ...callbacks,
+      cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
       settle: (c, fatal) => this.#finished(c, fatal),
     };
     this.inflight.set(cmd.cookie, cmd);
@@ -298,17 +314,29 @@ export class Commands extends Negotiation {
     if (this.discUnsent) this.sendDisconnect();
   }
 
+  /** A request header in the negotiated form; a fresh one each time (a queued write may still refer to an older one). */
+  #header(flags: number, type: Cmd, cookie: number, offset: bigint, count: bigint): Buffer {
+    this.stats.chunksSent++;
+    if (this.#extended()) {
+      const header = Buffer.allocUnsafe(EXTENDED_REQUEST_SIZE);
+      encodeExtendedRequest(new DataView(header.buffer, header.byteOffset, EXTENDED_REQUEST_SIZE), flags, type, cookie, offset, count);
+      return header;
+    }
+    const header = Buffer.allocUnsafe(REQUEST_SIZE);
+    encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE), flags, type, cookie, offset, Number(count));
+    return header;
+  }
+
   #writeRequest(cmd: Command): void {
     const socket = this.transport!.socket;
-    // A fresh header each time: a queued write may still refer to an older one.
-    const header = Buffer.allocUnsafe(REQUEST_SIZE);
-    encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE),
-      cmd.flags, cmd.type, cmd.cookie, cmd.offset, cmd.count);
-    this.stats.chunksSent++;
-    if (cmd.type === Cmd.WRITE && cmd.count > 0) {
+    const header = this.#header(cmd.flags, cmd.type, cmd.cookie, cmd.offset, cmd.count);
+    // What follows the header: a write's data; block_status_filter's ids, as libnbd sends them.
+    const payload = cmd.type === Cmd.WRITE ? cmd.buf
+      : cmd.payload && this.#extended() && cmd.flags & CmdFlag.PAYLOAD_LEN ? cmd.payload : undefined;
+    if (payload?.byteLength) {
       socket.cork();
       this.send(header);
-      this.send(cmd.buf!);
+      this.send(payload);
       socket.uncork();
     } else {
       this.send(header);
@@ -319,10 +347,8 @@ export class Commands extends Negotiation {
     this.disconnectRequested = true;
     this.discUnsent = this.unsent.length > 0;
     if (this.discUnsent) return; // after the requests still waiting to go out
-    const header = Buffer.allocUnsafe(REQUEST_SIZE);
-    encodeRequest(new DataView(header.buffer, header.byteOffset, REQUEST_SIZE), 0, Cmd.DISC, this.nextCookie++, 0, 0);
-    this.stats.chunksSent++;
-    this.send(header, true); // NBD_CMD_DISC has no reply: half-close and wait for the server's EOF
+    // NBD_CMD_DISC has no reply: half-close and wait for the server's EOF.
+    this.send(this.#header(0, Cmd.DISC, this.nextCookie++, 0n, 0n), true);
   }
 
   statsBytesSent(): bigint { return BigInt(this.stats.bytesSent); }

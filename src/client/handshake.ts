@@ -2,7 +2,9 @@
  * The handshake, as libnbd's generator/states-{magic,oldstyle,newstyle*}.c
  * run it, one option exchange per method so that both the automatic connect
  * and opt mode (nbd_opt_*) can drive it: greeting and client flags,
- * NBD_OPT_STRUCTURED_REPLY, NBD_OPT_{LIST,SET}_META_CONTEXT, NBD_OPT_LIST,
+ * NBD_OPT_STARTTLS (the TLS handshake itself is tls.ts's),
+ * NBD_OPT_EXTENDED_HEADERS, NBD_OPT_STRUCTURED_REPLY,
+ * NBD_OPT_{LIST,SET}_META_CONTEXT, NBD_OPT_LIST,
  * NBD_OPT_INFO / NBD_OPT_GO (falling back to NBD_OPT_EXPORT_NAME) and
  * NBD_OPT_ABORT. Each reads whole messages through the codec and fails with
  * libnbd's message and errno.
@@ -30,6 +32,7 @@ export interface Settings {
   readonly exportName: string;
   readonly fullInfo: boolean;
   readonly requestStructuredReplies: boolean;
+  readonly requestExtendedHeaders: boolean;
   readonly requestBlockSize: boolean;
   readonly requestMetaContext: boolean;
   readonly metaContextRequests: readonly string[];
@@ -69,6 +72,8 @@ export class Negotiator {
   protocol: Protocol = "newstyle-fixed";
   handshakeFlags = 0;
   structuredReplies = false;
+  /** Sticky, as libnbd's: a later refusal (a duplicate request) does not undo it. */
+  extendedHeaders = false;
   export: ExportInfo = noExport();
   /** The contexts the last successful NBD_OPT_SET_META_CONTEXT selected. */
   metaContexts: MetaContext[] = [];
@@ -117,12 +122,42 @@ export class Negotiator {
     return { type: h.type, payload };
   }
 
+  /**
+   * NBD_OPT_STARTTLS: 0 if the server agreed (the TLS handshake is the
+   * caller's), else the errno opt mode reports. Nothing said in plaintext
+   * counts once TLS starts: the export, extended headers, structured replies,
+   * meta contexts.
+   */
+  async starttls(): Promise<number> {
+    this.#option(Opt.STARTTLS);
+    const { type } = await this.#reply(Opt.STARTTLS);
+    if (type !== Rep.ACK) return type === Rep.ERR_INVALID ? errno.EINVAL : errno.ENOTSUP;
+    this.export = noExport();
+    this.extendedHeaders = this.structuredReplies = false;
+    this.metaValid = false;
+    return 0;
+  }
+
   /** NBD_OPT_STRUCTURED_REPLY: 0 if the server agreed, else the errno opt mode reports. */
   async structuredReply(): Promise<number> {
     this.#option(Opt.STRUCTURED_REPLY);
     const { type } = await this.#reply(Opt.STRUCTURED_REPLY);
     if (type === Rep.ACK) {
       this.structuredReplies = true;
+      return 0;
+    }
+    return type === Rep.ERR_INVALID || type === Rep.ERR_EXT_HEADER_REQD ? errno.EINVAL : errno.ENOTSUP;
+  }
+
+  /**
+   * NBD_OPT_EXTENDED_HEADERS: 0 if the server agreed (which implies
+   * structured replies), else the errno opt mode reports.
+   */
+  async negotiateExtendedHeaders(): Promise<number> {
+    this.#option(Opt.EXTENDED_HEADERS);
+    const { type } = await this.#reply(Opt.EXTENDED_HEADERS);
+    if (type === Rep.ACK) {
+      this.extendedHeaders = this.structuredReplies = true;
       return 0;
     }
     return type === Rep.ERR_INVALID ? errno.EINVAL : errno.ENOTSUP;
@@ -237,6 +272,7 @@ export class Negotiator {
   #setExport(size: bigint, eflags: number): void {
     if (eflags === 0) throw new NbdError(errno.EINVAL, "handshake: invalid eflags == 0 from server");
     if (!this.structuredReplies) eflags &= ~TFlag.SEND_DF;
+    if (!this.extendedHeaders) eflags &= ~TFlag.BLOCK_STATUS_PAYLOAD;
     if (!(eflags & TFlag.SEND_WRITE_ZEROES)) eflags &= ~TFlag.SEND_FAST_ZERO;
     this.export.size = size;
     this.export.eflags = eflags;

@@ -140,9 +140,25 @@ export class Negotiation extends Session {
     return count;
   }
 
+  /**
+   * NBD_OPT_STARTTLS by hand: true once TLS is up, false if the server
+   * refused. A failed TLS handshake kills the handle. Under REQUIRE (TLS is
+   * already up then) a refusal aborts the connection as the automatic
+   * STARTTLS does; libnbd's opt_starttls asserts in that case.
+   */
+  async optStarttls(): Promise<boolean> {
+    const neg = this.fixedNewstyle();
+    return (await this.exchange(() => this.starttls(neg))) === 0;
+  }
+
   async optStructuredReply(): Promise<boolean> {
     const neg = this.fixedNewstyle();
     return (await this.exchange(() => neg.structuredReply())) === 0;
+  }
+
+  async optExtendedHeaders(): Promise<boolean> {
+    const neg = this.fixedNewstyle();
+    return (await this.exchange(() => neg.negotiateExtendedHeaders())) === 0;
   }
 
   // ---- the aio forms: the option goes out, the call returns, poll sees it end ---------
@@ -166,6 +182,12 @@ export class Negotiation extends Session {
   }
   aioOptStructuredReply(completion?: Callback): number {
     return this.aioOption(() => agreed(this.exchange(() => this.neg!.structuredReply())), completion);
+  }
+  aioOptStarttls(completion?: Callback): number {
+    return this.aioOption(() => agreed(this.exchange(() => this.starttls(this.neg!))), completion);
+  }
+  aioOptExtendedHeaders(completion?: Callback): number {
+    return this.aioOption(() => agreed(this.exchange(() => this.neg!.negotiateExtendedHeaders())), completion);
   }
 
   /** A new export name or new requests make what the server said about the old ones stale. */
@@ -191,6 +213,7 @@ export class Negotiation extends Session {
   getSize(): bigint { return this.#known("size").size; }
   getProtocol(): string { return this.neg!.protocol; }
   getStructuredRepliesNegotiated(): boolean { return this.neg!.structuredReplies; }
+  getExtendedHeadersNegotiated(): boolean { return this.neg!.extendedHeaders; }
   isReadOnly(): boolean { return this.flag(TFlag.READ_ONLY); }
   canFlush(): boolean { return this.flag(TFlag.SEND_FLUSH); }
   canFua(): boolean { return this.flag(TFlag.SEND_FUA); }
@@ -201,6 +224,7 @@ export class Negotiation extends Session {
   canDf(): boolean { return this.flag(TFlag.SEND_DF); }
   canMultiConn(): boolean { return this.flag(TFlag.CAN_MULTI_CONN); }
   canCache(): boolean { return this.flag(TFlag.SEND_CACHE); }
+  canBlockStatusPayload(): boolean { return this.flag(TFlag.BLOCK_STATUS_PAYLOAD); }
 
   canMetaContext(name: string): boolean {
     const neg = this.neg!;

@@ -4,13 +4,15 @@
  * fixed buffer; read data is copied once, straight from the socket's buffer
  * into the command's destination; other chunk payloads are small and
  * gathered whole. Anything that breaks framing is fatal to the connection.
+ * Once extended headers are negotiated every reply is a 32-byte extended
+ * chunk header; any other magic is fatal.
  */
 import { errno } from "../errno.js";
-import { CHUNK_ERR_BIT, Chunk, Cmd, REPLY_FLAG_DONE, SIMPLE_REPLY_MAGIC } from "../protocol/constants.js";
+import { CHUNK_ERR_BIT, Chunk, Cmd, EXTENDED_REPLY_MAGIC, REPLY_FLAG_DONE, SIMPLE_REPLY_MAGIC } from "../protocol/constants.js";
 import { ProtocolError, dv } from "../protocol/handshake.js";
 import {
-  type ChunkHeader, OFFSET_DATA_HEADER, decodeBlockStatus, decodeChunkHeader, decodeErrorChunk, decodeOffset, decodeOffsetHole, decodeSimpleReply,
-  errnoOfNbdError, replyHeaderSize,
+  type ChunkHeader, OFFSET_DATA_HEADER, decodeBlockStatus, decodeBlockStatusExt, decodeChunkHeader, decodeErrorChunk,
+  decodeExtendedChunkHeader, decodeOffset, decodeOffsetHole, decodeSimpleReply, errnoOfNbdError, replyHeaderSize,
 } from "../protocol/transmission.js";
 import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants.js";
 import type { Callback, Command } from "./command.js";
@@ -19,6 +21,10 @@ import { NbdError } from "./error.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
+  /** Replies come with extended headers (and only so). */
+  extendedHeaders(): boolean;
+  /** The export's size: 64-bit extents are cut off at its end. */
+  exportSize(): bigint;
   readonly stats: Stats;
   /** A reply is due (a command is in flight). Bytes that come while none is are held (see resume). */
   awaiting(): boolean;
@@ -36,6 +42,7 @@ const enum S {
   DATA_OFFSET, // gathering the 8-byte offset of an OFFSET_DATA chunk
   DATA,        // copying read data into the command's buffer
   PAYLOAD,     // gathering a whole chunk payload
+  SKIP,        // discarding a chunk's payload (libnbd's resync)
 }
 
 /** A chunk longer than this cannot be valid: the largest read plus its offset. */
@@ -58,6 +65,10 @@ function checkChunk(h: ChunkHeader, cmd: Command): void {
     case Chunk.BLOCK_STATUS:
       if (cmd.type !== Cmd.BLOCK_STATUS) throw wrongCommand("block-status", cmd);
       if (h.length < 12 || (h.length - 4) % 8 !== 0) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_BLOCK_STATUS");
+      return;
+    case Chunk.BLOCK_STATUS_EXT:
+      if (cmd.type !== Cmd.BLOCK_STATUS) throw wrongCommand("block-status", cmd);
+      if (h.length < 24 || (h.length - 8) % 16 !== 0) throw new ProtocolError("invalid length in NBD_REPLY_TYPE_BLOCK_STATUS_EXT");
       return;
     default:
       if (!(h.type & CHUNK_ERR_BIT)) throw new ProtocolError(`unknown structured reply type (${h.type})`);
@@ -143,22 +154,33 @@ export class ReplyParser {
         if (this.#left === 0) this.#chunkPayload(this.#payload);
         return p + take;
       }
+      case S.SKIP: {
+        const take = Math.min(this.#left, avail);
+        this.#left -= take;
+        if (this.#left === 0) this.#endOfChunk();
+        return p + take;
+      }
     }
   }
 
   /** The header buffer holds what #need asked for. */
   #gathered(): void {
     if (this.#state === S.DATA_OFFSET) return this.#startData(decodeOffset(this.#header));
+    const magic = this.#view.getUint32(0);
     if (this.#need === 4) {
-      const size = replyHeaderSize(this.#view.getUint32(0));
-      if (size === 0) throw new NbdError(0, `invalid reply magic 0x${this.#view.getUint32(0).toString(16)}`);
-      this.#need = size;
+      // Checked as soon as it comes, so that a short reply of the wrong form cannot leave us waiting for more.
+      if (this.host.extendedHeaders()) {
+        if (magic !== EXTENDED_REPLY_MAGIC) throw new NbdError(0, `invalid or unexpected reply magic 0x${magic.toString(16)}`);
+      } else if (magic === EXTENDED_REPLY_MAGIC || replyHeaderSize(magic) === 0) {
+        throw new NbdError(0, `invalid reply magic 0x${magic.toString(16)}`);
+      }
+      this.#need = replyHeaderSize(magic);
       return;
     }
     this.host.stats.chunksReceived++;
-    this.#simple = this.#view.getUint32(0) === SIMPLE_REPLY_MAGIC;
+    this.#simple = magic === SIMPLE_REPLY_MAGIC;
     if (this.#simple) this.#simpleReply();
-    else this.#chunkHeader();
+    else this.#chunkHeader(magic === EXTENDED_REPLY_MAGIC ? decodeExtendedChunkHeader(this.#view) : decodeChunkHeader(this.#view));
   }
 
   #lookup(cookie: number): Command {
@@ -177,21 +199,29 @@ export class ReplyParser {
       // A simple reply to a read after structured replies were agreed is a
       // server bug: take the data to stay in sync, fail the command.
       if (this.host.structuredReplies()) cmd.error ||= errno.EPROTO;
-      cmd.seen = cmd.count;
+      cmd.seen = Number(cmd.count);
       this.#dataOffset = cmd.offset;
-      return this.#expectData(cmd.buf, 0, cmd.count);
+      return this.#expectData(cmd.buf, 0, cmd.seen);
     }
     this.#finish();
   }
 
-  #chunkHeader(): void {
-    const h = decodeChunkHeader(this.#view);
+  #chunkHeader(h: ChunkHeader): void {
     const cmd = this.#lookup(h.cookie);
     if (!this.host.structuredReplies()) throw new ProtocolError("server sent unexpected structured reply");
     this.#flags = h.flags;
     this.#type = h.type;
     this.#length = h.length;
     if (h.length > MAX_CHUNK) throw new ProtocolError(`invalid server reply length ${h.length}`);
+    if (h.offset !== undefined && h.offset !== cmd.offset) {
+      // An extended header must echo the request's offset; libnbd skips the
+      // chunk and fails the command, and the connection carries on.
+      cmd.error ||= errno.EPROTO;
+      this.#left = h.length;
+      this.#state = S.SKIP;
+      if (h.length === 0) this.#endOfChunk();
+      return;
+    }
     if (h.type === Chunk.OFFSET_DATA) {
       if (cmd.type !== Cmd.READ) throw wrongCommand("offset-data", cmd);
       // An empty data chunk (length 8) is accepted, as libnbd does.
@@ -211,7 +241,7 @@ export class ReplyParser {
   /** Checks that [offset, offset+length) lies inside the command's range; returns the index into its buffer. */
   #within(offset: bigint, length: number): number {
     const cmd = this.#cmd!;
-    const end = cmd.offset + BigInt(cmd.count);
+    const end = cmd.offset + cmd.count;
     if (offset < cmd.offset || offset >= end || offset + BigInt(length) > end) {
       throw new NbdError(0, `range of structured reply is out of bounds, offset=${offset}, cmd->offset=${cmd.offset}, length=${length}, cmd->count=${cmd.count}: this is likely to be a bug in the NBD server`);
     }
@@ -240,8 +270,8 @@ export class ReplyParser {
       callback(cmd, cmd.chunk, [this.#target.subarray(this.#dataAt, this.#at), this.#dataOffset, READ_DATA]);
     }
     this.#target = undefined;
-    if (this.#simple || this.#flags & REPLY_FLAG_DONE) this.#finish();
-    else this.#next();
+    if (this.#simple) this.#finish();
+    else this.#endOfChunk();
   }
 
   #chunkPayload(payload: Uint8Array): void {
@@ -263,12 +293,29 @@ export class ReplyParser {
         if (cmd.chunk && cmd.buf) callback(cmd, cmd.chunk, [cmd.buf.subarray(at, at + hole.length), hole.offset, READ_HOLE]);
         break;
       }
-      case Chunk.BLOCK_STATUS: {
+      case Chunk.BLOCK_STATUS:
+      case Chunk.BLOCK_STATUS_EXT: {
         if (cmd.type !== Cmd.BLOCK_STATUS) throw new ProtocolError("invalid command for receiving block-status chunk");
-        const { id, entries } = decodeBlockStatus(payload);
+        // The wrong type for the headers in use is a server bug; libnbd still reports its extents.
+        if (this.host.extendedHeaders() !== (type === Chunk.BLOCK_STATUS_EXT)) cmd.error ||= errno.EPROTO;
+        let id: number;
+        let list: Uint32Array | BigUint64Array;
+        if (type === Chunk.BLOCK_STATUS) {
+          const narrow = decodeBlockStatus(payload);
+          id = narrow.id;
+          list = cmd.extent?.wide ? BigUint64Array.from(narrow.entries, BigInt) : narrow.entries;
+        } else {
+          const wide = decodeBlockStatusExt(payload);
+          if (wide.count * 2 !== wide.entries.length) { // libnbd resyncs: the command fails, the connection lives
+            cmd.error ||= errno.EPROTO;
+            break;
+          }
+          id = wide.id;
+          const size = this.host.exportSize();
+          list = cookExtents(cmd, wide.entries, cmd.extent?.wide ?? true, cmd.offset <= size ? size - cmd.offset : 0n);
+        }
         const name = this.host.contextName(id);
         if (name === undefined || !cmd.extent) break; // a context we did not ask for: skip it, as libnbd does
-        const list = cmd.extent.wide ? BigUint64Array.from(entries, BigInt) : entries;
         callback(cmd, cmd.extent.fn, [name, cmd.offset, list]);
         break;
       }
@@ -286,6 +333,10 @@ export class ReplyParser {
         }
         throw new ProtocolError(`unknown structured reply type (${type})`);
     }
+    this.#endOfChunk();
+  }
+
+  #endOfChunk(): void {
     if (this.#flags & REPLY_FLAG_DONE) this.#finish();
     else this.#next();
   }
@@ -293,7 +344,7 @@ export class ReplyParser {
   #finish(): void {
     const cmd = this.#cmd!;
     // A read succeeds only if its data and holes covered the whole range.
-    if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== cmd.count) cmd.error = errno.EPROTO;
+    if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== Number(cmd.count)) cmd.error = errno.EPROTO;
     this.#next();
     this.host.retire(cmd);
   }
@@ -304,6 +355,58 @@ export class ReplyParser {
     this.#need = 4;
     this.#cmd = undefined;
   }
+}
+
+const U32_MAX = 0xffffffffn;
+const I64_MAX = 0x7fffffffffffffffn;
+const BIG_MAX_REQUEST = BigInt(MAX_REQUEST_SIZE);
+
+/**
+ * 64-bit extents as libnbd 1.18 hands them to a callback
+ * (states-reply-chunk.c, RECV_BS_ENTRIES, with the CVE-2023-5871 fix). It
+ * stops at an extent a 32-bit callback cannot hold: a length is clamped to
+ * 4 GiB - 64 MiB; a status beyond 32 bits is dropped, or, if it is the first
+ * extent, truncated and the command fails with EOVERFLOW. Extents are cut at
+ * the end of the export (EPROTO), and a zero length ends the list (EPROTO if
+ * it is the first).
+ */
+export function cookExtents(cmd: Command, raw: BigUint64Array, wide: boolean, cap: bigint): Uint32Array | BigUint64Array {
+  const out = new BigUint64Array(raw.length);
+  let total = 0n;
+  let i = 0;
+  for (let stop = false; i < raw.length / 2 && !stop; i++) {
+    let len = raw[2 * i]!;
+    let flags = raw[2 * i + 1]!;
+    if (len > I64_MAX) {
+      stop = true;
+      len = I64_MAX + 1n - BIG_MAX_REQUEST;
+    }
+    if (len > U32_MAX && !wide) {
+      stop = true;
+      len = U32_MAX + 1n - BIG_MAX_REQUEST;
+    }
+    if (flags > U32_MAX && !wide) {
+      stop = true;
+      if (i > 0) break; // progress was made: leave this extent out
+      cmd.error ||= errno.EOVERFLOW;
+      flags &= U32_MAX;
+    }
+    if (len > cap - total) {
+      len = cap - total;
+      stop = true;
+      cmd.error ||= errno.EPROTO;
+    }
+    if (len === 0n) {
+      stop = true;
+      if (i > 0) break;
+      cmd.error ||= errno.EPROTO;
+    }
+    total += len;
+    out[2 * i] = len;
+    out[2 * i + 1] = flags;
+  }
+  const used = out.subarray(0, 2 * i);
+  return wide ? used.slice() : Uint32Array.from(used, Number);
 }
 
 /**

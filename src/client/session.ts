@@ -4,17 +4,19 @@
  * DEAD). The option calls (negotiation.ts) and commands (commands.ts)
  * build on it.
  */
-import { Socket } from "node:net";
-import { TLS_REQUIRE } from "../constants.js";
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { TLS_DISABLE, TLS_REQUIRE } from "../constants.js";
 import { errno, errnoOf } from "../errno.js";
 import type { State } from "../api/types.js";
 import type { Command } from "./command.js";
 import { NbdError, asNbdError } from "./error.js";
 import type { Event } from "./events.js";
-import { Negotiator, Refused, type Stats } from "./handshake.js";
+import { Negotiator, Refused, type Protocol, type Stats } from "./handshake.js";
 import { Reader } from "./reader.js";
 import { ReplyParser } from "./replies.js";
 import { Settings } from "./settings.js";
+import { credentials, upgrade } from "./tls.js";
 import { explain } from "./subprocess.js";
 import {
   STDERR_WAIT_MS, checkSocketFd, checkSocketPath, openCommand, openSocket, openSocketActivation, openTcp, openUnix,
@@ -94,10 +96,6 @@ export class Session extends Settings {
     },
   };
 
-  constructor(id: number) {
-    super(id);
-  }
-
   emit(event: Event): void { this.events.push(event); }
 
   drainEvents(): Event[] {
@@ -128,20 +126,59 @@ export class Session extends Settings {
 
   // ---- TLS --------------------------------------------------------------------------
 
-  /** TLS (NBD_OPT_STARTTLS) is not built yet: like a libnbd built without GnuTLS. */
-  supportsTls(): boolean { return false; }
+  supportsTls(): boolean { return true; }
 
   /**
-   * Where STARTTLS would go. Without TLS, ALLOW carries on in plaintext (as
-   * when a server refuses TLS) and REQUIRE fails, as libnbd fails it.
+   * The handshake's TLS step (libnbd's NEWSTYLE.OPT_STARTTLS): skipped when
+   * TLS is disabled; a server that cannot do it is refused under REQUIRE and
+   * used in plaintext under ALLOW.
    */
-  protected withoutTls(protocol: string): void {
-    if (this.tls !== TLS_REQUIRE) return;
-    const why = protocol === "oldstyle" ? "server is oldstyle"
-      : protocol === "newstyle" ? "server is not using fixed newstyle"
-      : "nbd-ts does not support TLS yet";
-    throw new NbdError(errno.ENOTSUP, `handshake: ${why}, but handle TLS setting is 'require' (2)`);
+  protected async negotiateTls(neg: Negotiator, protocol: Protocol): Promise<void> {
+    if (this.tls === TLS_DISABLE) return;
+    if (protocol !== "newstyle-fixed") {
+      if (this.tls !== TLS_REQUIRE) return;
+      const why = protocol === "oldstyle" ? "server is oldstyle" : "server is not using fixed newstyle";
+      throw new NbdError(errno.ENOTSUP, `handshake: ${why}, but handle TLS setting is 'require' (2)`);
+    }
+    await this.starttls(neg);
   }
+
+  /**
+   * NBD_OPT_STARTTLS, then the TLS handshake over the same socket: 0 once
+   * TLS is up, else the errno of the server's refusal (what an option's
+   * completion callback gets), and the connection goes on in plaintext.
+   * Under REQUIRE a refusal sends NBD_OPT_ABORT and ends the connection
+   * (CLOSED in opt mode, else DEAD, as libnbd's PREPARE_OPT_ABORT).
+   */
+  protected async starttls(neg: Negotiator): Promise<number> {
+    const refused = await neg.starttls();
+    if (refused) {
+      if (this.tls !== TLS_REQUIRE) return refused;
+      neg.abort();
+      if (this.optMode) {
+        this.phase = "CLOSED";
+        this.transport?.socket.end();
+      }
+      throw new Refused(errno.ENOTSUP, "handshake: server refused TLS, but handle TLS setting is 'require' (2)");
+    }
+    if (this.tlsNegotiated) throw new NbdError(errno.EPROTO, "handshake: unable to support server accepting TLS twice");
+    const transport = this.transport!;
+    const options = credentials({
+      certificates: this.tlsCertificates,
+      pskFile: this.tlsPskFile,
+      username: this.getTlsUsername(),
+      verifyPeer: this.tlsVerifyPeer,
+      hostname: this.tlsHostname || transport.host,
+    });
+    // From here the TLS socket carries everything; what it decrypts takes the plaintext path.
+    const { socket, ready } = upgrade(transport.socket, options, (chunk) => this.onread.callback(chunk.length, chunk));
+    transport.socket = socket;
+    this.watch(socket);
+    await ready;
+    this.tlsNegotiated = true;
+    return 0;
+  }
+
   /** Unset, it is the host name the connection was made to (libnbd 1.22). */
   getTlsHostname(): string { return this.tlsHostname ?? this.transport?.host ?? ""; }
   getTlsNegotiated(): boolean { return this.tlsNegotiated; }
@@ -207,8 +244,12 @@ export class Session extends Settings {
       const neg = (this.neg = new Negotiator({ read: (n) => this.reader.read(n), write: (b) => this.send(b) }, this, this.stats));
       const protocol = await neg.greet();
       this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
-      this.withoutTls(protocol);
-      if (protocol === "newstyle-fixed" && this.requestStructuredReplies) await neg.structuredReply();
+      await this.negotiateTls(neg, protocol);
+      if (protocol === "newstyle-fixed" && this.requestStructuredReplies) {
+        // libnbd 1.18's order: extended headers first; once agreed they imply structured replies.
+        if (this.requestExtendedHeaders) await neg.negotiateExtendedHeaders();
+        if (!neg.structuredReplies) await neg.structuredReply();
+      }
       if (protocol !== "oldstyle" && this.optMode) {
         this.phase = "NEGOTIATING";
         return;
@@ -224,6 +265,8 @@ export class Session extends Settings {
       // explain() need not wait out its timeout to hear its last words.
       this.transport?.socket.end();
       const err = await explain(asNbdError(e), this.transport?.child, STDERR_WAIT_MS);
+      // Opt mode's NBD_OPT_ABORT left it CLOSED, which libnbd's connect reports as such.
+      if ((this.phase as StateName) === "CLOSED") throw new NbdError(0, "connection is closed");
       this.die(err);
       throw err;
     }
@@ -247,12 +290,18 @@ export class Session extends Settings {
   }
 
   protected watch(socket: Socket): void {
+    // Once TLS wraps a socket, only the TLS socket speaks for the connection.
+    const current = () => this.transport?.socket === socket;
     socket.on("error", (e: NodeJS.ErrnoException) => {
+      if (!current()) return;
       const send = e.code === "EPIPE";
-      this.lost(new NbdError(errnoOf(e), send ? "send" : "recv"), false, send);
+      const what = send ? "send" : "recv";
+      // Under TLS libnbd's errors are GnuTLS's, with errno 0: the reason is in the text.
+      const tls = (socket as TLSSocket).encrypted === true;
+      this.lost(tls ? new NbdError(0, `${what}: TLS: ${e.message}`) : new NbdError(errnoOf(e), what), false, send);
     });
-    socket.on("end", () => this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
-    socket.on("close", () => this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
+    socket.on("end", () => current() && this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
+    socket.on("close", () => current() && this.lost(new NbdError(0, "recv: server disconnected unexpectedly"), true));
   }
 
   /**
@@ -398,6 +447,8 @@ export class Session extends Settings {
 
   protected readonly replyHost = {
     structuredReplies: () => this.neg?.structuredReplies ?? false,
+    extendedHeaders: () => this.neg?.extendedHeaders ?? false,
+    exportSize: () => this.neg?.export.size ?? 0n,
     stats: this.stats,
     contextName: (id: number) => this.neg?.metaContexts.find((c) => c.id === id)?.name,
     awaiting: () => this.inflight.size > 0,

@@ -22,6 +22,7 @@ export class Settings {
   exportName = "";
   fullInfo = false;
   requestStructuredReplies = true;
+  requestExtendedHeaders = true;
   requestBlockSize = true;
   handshakeFlags = HANDSHAKE_FLAG_MASK;
   preadInitialize = true;
@@ -85,6 +86,9 @@ export class Settings {
   getFullInfo(): boolean { return this.fullInfo; }
   setRequestStructuredReplies(request: boolean): void { this.requestStructuredReplies = request; }
   getRequestStructuredReplies(): boolean { return this.requestStructuredReplies; }
+  /** Ignored while structured replies are not requested: extended headers imply them (libnbd 1.18). */
+  setRequestExtendedHeaders(request: boolean): void { this.requestExtendedHeaders = request; }
+  getRequestExtendedHeaders(): boolean { return this.requestExtendedHeaders; }
   setHandshakeFlags(flags: number): void { this.handshakeFlags = flags; }
   getHandshakeFlags(): number { return this.handshakeFlags; }
   setPreadInitialize(request: boolean): void { this.preadInitialize = request; }

@@ -15,6 +15,7 @@ import { Subprocess, explain } from "./subprocess.js";
 export type OnRead = OnReadOpts;
 
 export interface Transport {
+  /** After NBD_OPT_STARTTLS, the TLS socket that wraps the connected one. */
   socket: Socket;
   child?: Subprocess;
   /** The temp dir holding the activation socket; removed on close. */

@@ -137,8 +137,10 @@ export const OPTION_REPLY_HEADER_SIZE = 8 + 4 + 4 + 4;
 export const EXPORT_NAME_REPLY_SIZE = 8 + 2; // then 124 zeroes unless NO_ZEROES
 export const EXPORT_NAME_ZEROES = 124;
 export const REQUEST_SIZE = 28;
+export const EXTENDED_REQUEST_SIZE = 32;
 export const SIMPLE_REPLY_SIZE = 16;
 export const STRUCTURED_REPLY_SIZE = 20;
+export const EXTENDED_REPLY_SIZE = 32;
 
 /** Strings (export names, context names, messages) may not exceed this. */
 export const MAX_STRING = 4096;

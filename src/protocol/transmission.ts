@@ -1,13 +1,16 @@
 /**
- * Transmission codec: requests, simple replies, structured reply chunks.
- * Pure functions; the hot-path ones write into or read from a caller's
- * DataView so that a request or reply header allocates nothing.
- * Cookies are numbers (a counter far below 2^53) carried as 64 bits.
+ * Transmission codec: requests, simple replies, structured reply chunks, and
+ * their extended forms (NBD_OPT_EXTENDED_HEADERS: 32-byte headers with 64-bit
+ * lengths, 64-bit block status). Pure functions; the hot-path ones write into
+ * or read from a caller's DataView so that a request or reply header
+ * allocates nothing. Cookies are numbers (a counter far below 2^53) carried
+ * as 64 bits.
  */
 import { errno } from "../errno.js";
 import {
-  Chunk, MAX_STRING, NbdErr, REQUEST_MAGIC, REQUEST_SIZE, SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE,
-  STRUCTURED_REPLY_MAGIC, STRUCTURED_REPLY_SIZE, type Cmd,
+  Chunk, EXTENDED_REPLY_MAGIC, EXTENDED_REPLY_SIZE, EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_SIZE, MAX_STRING, NbdErr,
+  REQUEST_MAGIC, REQUEST_SIZE, SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_MAGIC, STRUCTURED_REPLY_SIZE,
+  type Cmd,
 } from "./constants.js";
 import { ProtocolError, dv, text } from "./handshake.js";
 
@@ -34,15 +37,50 @@ export function encodeRequest(
 
 export const requestBuffer = (): Uint8Array => new Uint8Array(REQUEST_SIZE);
 
+/**
+ * Writes a 32-byte extended request at the start of `v`. `length` is 64 bits:
+ * the payload's length with CmdFlag.PAYLOAD_LEN, else the command's extent.
+ */
+export function encodeExtendedRequest(
+  v: DataView, flags: number, type: Cmd, cookie: number, offset: number | bigint, length: number | bigint,
+): void {
+  v.setUint32(0, EXTENDED_REQUEST_MAGIC);
+  v.setUint16(4, flags);
+  v.setUint16(6, type);
+  setU64(v, 8, cookie);
+  setU64(v, 16, offset);
+  setU64(v, 24, length);
+}
+
+/** Header size that follows from a request's first four bytes (what a server reads), or 0 for an unknown magic. */
+export function requestHeaderSize(magic: number): number {
+  if (magic === REQUEST_MAGIC) return REQUEST_SIZE;
+  if (magic === EXTENDED_REQUEST_MAGIC) return EXTENDED_REQUEST_SIZE;
+  return 0;
+}
+
+export interface Request { extended: boolean; flags: number; type: number; cookie: bigint; offset: bigint; length: bigint }
+
+/** A whole request header of either form, as requestHeaderSize measured it. */
+export function decodeRequest(v: DataView): Request {
+  const extended = v.getUint32(0) === EXTENDED_REQUEST_MAGIC;
+  return {
+    extended, flags: v.getUint16(4), type: v.getUint16(6), cookie: v.getBigUint64(8), offset: v.getBigUint64(16),
+    length: extended ? v.getBigUint64(24) : BigInt(v.getUint32(24)),
+  };
+}
+
 /** Header size that follows from a reply's first four bytes, or 0 for an unknown magic. */
 export function replyHeaderSize(magic: number): number {
   if (magic === SIMPLE_REPLY_MAGIC) return SIMPLE_REPLY_SIZE;
   if (magic === STRUCTURED_REPLY_MAGIC) return STRUCTURED_REPLY_SIZE;
+  if (magic === EXTENDED_REPLY_MAGIC) return EXTENDED_REPLY_SIZE;
   return 0;
 }
 
 export interface SimpleReply { error: number; cookie: number }
-export interface ChunkHeader { flags: number; type: number; cookie: number; length: number }
+/** `offset` only in an extended header (where it echoes the request's). */
+export interface ChunkHeader { flags: number; type: number; cookie: number; length: number; offset?: bigint }
 
 export function decodeSimpleReply(v: DataView): SimpleReply {
   return { error: v.getUint32(4), cookie: getU64(v, 8) };
@@ -50,6 +88,14 @@ export function decodeSimpleReply(v: DataView): SimpleReply {
 
 export function decodeChunkHeader(v: DataView): ChunkHeader {
   return { flags: v.getUint16(4), type: v.getUint16(6), cookie: getU64(v, 8), length: v.getUint32(16) };
+}
+
+/**
+ * The 32-byte extended reply header. Its 64-bit length comes as a number:
+ * exact up to 2^53, far beyond any length a client accepts.
+ */
+export function decodeExtendedChunkHeader(v: DataView): ChunkHeader {
+  return { flags: v.getUint16(4), type: v.getUint16(6), cookie: getU64(v, 8), offset: v.getBigUint64(16), length: getU64(v, 24) };
 }
 
 /** OFFSET_DATA starts with the 64-bit offset of its data. */
@@ -92,6 +138,39 @@ export function decodeBlockStatus(b: Uint8Array): { id: number; entries: Uint32A
   const entries = new Uint32Array((b.byteLength - 4) / 4);
   for (let i = 0; i < entries.length; i++) entries[i] = v.getUint32(4 + 4 * i);
   return { id: v.getUint32(0), entries };
+}
+
+/**
+ * NBD_REPLY_TYPE_BLOCK_STATUS_EXT: context id, descriptor count, then
+ * (64-bit length, 64-bit status) pairs. The count is returned as sent: one
+ * that disagrees with the payload's length is the client's to judge.
+ */
+export function decodeBlockStatusExt(b: Uint8Array): { id: number; count: number; entries: BigUint64Array } {
+  if (b.byteLength < 24 || (b.byteLength - 8) % 16 !== 0) {
+    throw new ProtocolError("invalid length in NBD_REPLY_TYPE_BLOCK_STATUS_EXT");
+  }
+  const v = dv(b);
+  const entries = new BigUint64Array((b.byteLength - 8) / 8);
+  for (let i = 0; i < entries.length; i++) entries[i] = v.getBigUint64(8 + 8 * i);
+  return { id: v.getUint32(0), count: v.getUint32(4), entries };
+}
+
+/** NBD_CMD_BLOCK_STATUS's payload (with PAYLOAD_LEN): the 64-bit extent to report on, then the context ids wanted. */
+export function encodeBlockStatusPayload(length: bigint, ids: readonly number[]): Uint8Array {
+  const b = new Uint8Array(8 + 4 * ids.length);
+  const v = dv(b);
+  v.setBigUint64(0, length);
+  ids.forEach((id, i) => v.setUint32(8 + 4 * i, id));
+  return b;
+}
+
+/** The same payload as a server reads it. */
+export function decodeBlockStatusPayload(b: Uint8Array): { length: bigint; ids: number[] } {
+  if (b.byteLength < 8 || b.byteLength % 4 !== 0) throw new ProtocolError("invalid block status payload length");
+  const v = dv(b);
+  const ids: number[] = [];
+  for (let at = 8; at < b.byteLength; at += 4) ids.push(v.getUint32(at));
+  return { length: v.getBigUint64(0), ids };
 }
 
 const errnoOfNbd: Record<number, number> = {
