@@ -4,7 +4,8 @@
  * worker records its calls, and they are replayed here in order when a call
  * returns: those of a blocking call at its end, an aio command's as later
  * calls (poll, ...) bring them. What they return travels back: a completion
- * callback's 1 retires its command, a chunk or extent callback's -1 fails it.
+ * callback's 1 retires its command, a chunk or extent callback's -1 fails it,
+ * and so does a completion callback's -1 with an errno in its box.
  */
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
 import { type Event, isSpan } from "./client/events.js";
@@ -37,7 +38,8 @@ export interface Replayed {
 
 /**
  * Tells the worker what callbacks decided: [cookie, retire ? 1 : 0, errno].
- * A completion callback's return sends errno 0; a failed chunk or extent callback, its errno.
+ * A completion callback's return sends errno 0 (after its errno, if it
+ * returned -1 with one in its box); a failed chunk or extent callback, its errno.
  */
 export type Settlement = [number, number, number];
 
@@ -127,7 +129,11 @@ export class Callbacks {
       // libnbd ignores what the debug callback and an aio option's callbacks return: their throw fails nothing.
       if (cookie === undefined && !held.kept && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
-    if (held.shape === "completion" && cookie !== undefined) this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
+    if (held.shape === "completion" && cookie !== undefined) {
+      // libnbd: a completion callback's -1 with an errno in its box fails the command with it.
+      if (r === -1 && box?.value) this.settlements.push([cookie, 0, box.value]);
+      this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
+    }
     if (r !== -1 || !FAILS_ON_MINUS_ONE.has(held.shape)) return;
     const err = box?.value || errno.EPROTO;
     if (cookie === undefined) result.errno ??= err;

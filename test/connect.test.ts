@@ -528,7 +528,7 @@ test("killSubprocess(0) sends SIGTERM to an activated nbdkit: it refuses new req
     assert.ok(alive(pid), "nbdkit keeps serving its client until it disconnects");
     assert.is(h.shutdown(), 0, `shutdown: ${getError()}`);
   } else {
-    assert.ok([errno.ECONNRESET, errno.ENOTCONN].includes(getErrno() as 104 | 107), `${getErrno()}: ${getError()}`);
+    assert.ok(([errno.ECONNRESET, errno.ENOTCONN] as number[]).includes(getErrno()), `${getErrno()}: ${getError()}`);
     assert.is(h.aioIsDead(), 1);
   }
   waitFor(() => !alive(pid), 5000, `nbdkit ${pid} to exit after SIGTERM + disconnect`);
