@@ -18,6 +18,8 @@ interface Held {
   view?: Uint8Array;
   /** The aio command it belongs to, once its cookie is known. */
   cookie?: number;
+  /** It outlives its call (keep): a later call that replays it is not its to fail. */
+  kept?: boolean;
 }
 
 /** An aio command in flight: its callbacks, and where its data must be copied when it is done. */
@@ -57,6 +59,10 @@ export class Callbacks {
   keep(name: string, ids: number[]): void {
     this.release(name);
     this.#kept.set(name, ids);
+    for (const id of ids) {
+      const held = this.#held.get(id);
+      if (held) held.kept = true;
+    }
   }
 
   release(name: string): void {
@@ -120,8 +126,8 @@ export class Callbacks {
       r = held.fn(...args);
     } catch (e) {
       r = -1;
-      // libnbd ignores what the debug callback returns: its throw fails nothing.
-      if (cookie === undefined && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
+      // libnbd ignores what the debug callback and an aio option's callbacks return: their throw fails nothing.
+      if (cookie === undefined && !held.kept && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
     if (held.shape === "completion" && cookie !== undefined) {
       // libnbd: a completion callback's -1 with an errno in its box fails the command with it.

@@ -143,22 +143,29 @@ export async function invoke(
 ): Promise<Outcome> {
   const { call, context, all } = entries.get(name)!;
   if (conn.debug) conn.log(context, `enter:${trace(call, args)}`);
+  // Only a call that failed or waited on the server has seen the connection
+  // end; one that answered at once (a query, an aio call) runs no state
+  // machine in libnbd, and the next poll still reports the end it missed.
+  let seen = true;
   try {
     checkState(conn, call);
     const values = all.map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
-    const ret = success(call.ret, await withTimeout(conn, impl.apply(conn, values)));
+    const result = impl.apply(conn, values);
+    seen = result instanceof Promise;
+    const ret = success(call.ret, await withTimeout(conn, result));
     // A string that the caller owns is quoted, a static one is not (libnbd's RString, RStaticString).
     if (conn.debug) conn.log(context, `leave: ret=${call.ret === "string" ? `"${String(ret)}"` : String(ret)}`);
     return withEvents(conn, { ret });
   } catch (e) {
+    seen = true;
     const err = asNbdError(e, errnoOf(e, errno.EIO));
     const msg = err.format(context);
     if (conn.debug) conn.log(context, `leave: error="${msg}"`);
     return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg });
   } finally {
-    if (name !== "poll" && name !== "poll2") conn.endSeen();
+    if (seen && name !== "poll" && name !== "poll2") conn.endSeen();
   }
 }
 
