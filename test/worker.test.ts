@@ -10,7 +10,7 @@
  * enabled by NBD_TS_TEST_HOOKS=1 in a child process.
  */
 import { spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { alive, scratchPath, waitFor } from "./helpers.js";
@@ -145,6 +145,37 @@ h.close();
   assert.is(out.r, 0, String(out.err));
   assert.ok(out.ms >= 1900, `${out.ms} ms`);
   assert.is(out.ready, 1);
+});
+
+test("a stderr pipe read late (debug lines, a chatty server) holds the worker back but does not kill it; nothing is lost", () => {
+  // Node makes a stdio pipe non-blocking: once full, a write fails with EAGAIN, which used to throw in
+  // the worker and kill it. The reader here starts 1 s late, after more than a pipe's worth was written.
+  const chatty = scratchPath("chatty.mjs");
+  const result = scratchPath("chatty.json");
+  writeFileSync(chatty, `
+import { readFileSync, writeFileSync } from "node:fs";
+import { create, getError } from "${dist}index.js";
+const h = create();
+h.setHandleName("n".repeat(4000));
+h.setDebug(true);
+let ret = 0;
+for (let i = 0; i < 100 && ret === 0; i++) ret = h.setExportName("x");
+const out = { debug: ret, err: getError() };
+h.setDebug(false);
+out.connect = h.connectCommand(["sh", "-c", "head -c 300000 /dev/zero | tr '\\\\0' x >&2; exec nbdkit -s --exit-with-parent null size=1M"]);
+out.size = String(h.getSize());
+out.err2 = getError();
+h.close();
+writeFileSync(${JSON.stringify(result)}, JSON.stringify(out));
+`);
+  const r = spawnSync("sh", ["-c", `"${process.execPath}" "${chatty}" 2>&1 >/dev/null | (sleep 1; wc -c)`], { encoding: "utf8", timeout: 60_000 });
+  assert.is(r.status, 0, r.stderr);
+  const out = JSON.parse(readFileSync(result, "utf8"));
+  assert.is(out.debug, 0, `debug lines to a full pipe: ${out.err}`);
+  assert.is(out.connect, 0, `a server writing 300 kB to a full pipe: ${out.err2}`);
+  assert.is(out.size, "1048576");
+  const debugLine = "libnbd: debug: " + "n".repeat(4000) + ": nbd_set_export_name: enter: export_name=\"x\"\n";
+  assert.ok(Number(r.stdout.trim()) >= 100 * debugLine.length + 300_000, `every byte arrived: ${r.stdout.trim()}`);
 });
 
 test.after(() => {
