@@ -106,6 +106,14 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   };
 }
 
+/**
+ * A function or symbol where no callback goes cannot be cloned to the worker:
+ * it crosses as a stand-in that every argument check refuses, so that the
+ * state is still checked first and the message names the argument.
+ */
+const standIn = (v: unknown): unknown =>
+  typeof v === "function" || typeof v === "symbol" ? { notCloneable: typeof v } : v;
+
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
   const all = [...call.args, ...(call.optargs ?? [])];
@@ -123,6 +131,11 @@ function method(name: CallName, call: Call) {
       return fail(call, workerDied.format(context), workerDied.errno);
     }
     const extra: Extra = {};
+    for (let i = 0; i < args.length && i < all.length; i++) {
+      const kind = all[i]!.kind;
+      if (kind === "closure" || i === bytes) continue;
+      args[i] = kind === "stringList" && Array.isArray(args[i]) ? (args[i] as unknown[]).map(standIn) : standIn(args[i]);
+    }
     const user = args[bytes];
     const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
     if (buffer) args[bytes] = buffer.wire;
