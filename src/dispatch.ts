@@ -40,43 +40,41 @@ let tickets = 0;
 
 /**
  * One clock for all calls, not a timer each (that costs microseconds per
- * call): every SLICE_MS it settles `tick`, and a call still running then
- * answers "pending". It runs only while calls do.
+ * call): every SLICE_MS it answers "pending" for each call still running.
+ * It runs only while calls do, and holds nothing of a call that has ended.
  */
-let running = 0;
+const running = new Set<() => void>();
 let clock: ReturnType<typeof setInterval> | undefined;
-let fire: () => void = () => {};
-let tick = newTick();
-function newTick(): Promise<undefined> {
-  return new Promise((resolve) => { fire = () => resolve(undefined); });
-}
+
 function onTick(): void {
-  const settle = fire;
-  tick = newTick();
-  settle();
-  if (running === 0) {
-    clearInterval(clock);
-    clock = undefined;
-  }
+  for (const pend of running) pend();
+  running.clear();
+  clearInterval(clock);
+  clock = undefined;
 }
 
 /** The reply, if `work` ends by the clock's next tick; else "pending" under a ticket. */
-async function within(work: Promise<Reply>, ticket?: number): Promise<Reply> {
-  running++;
-  clock ??= setInterval(onTick, SLICE_MS).unref();
-  let reply: Reply | undefined;
-  try {
-    reply = await Promise.race([work, tick]);
-  } finally {
-    running--;
-  }
-  if (reply) {
-    if (ticket !== undefined) unfinished.delete(ticket);
-    return reply;
-  }
-  ticket ??= ++tickets;
-  unfinished.set(ticket, work);
-  return { ret: 0, pending: ticket };
+function within(work: Promise<Reply>, ticket?: number): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const pend = () => {
+      answered = true;
+      const t = ticket ?? ++tickets;
+      unfinished.set(t, work);
+      resolve({ ret: 0, pending: t });
+    };
+    running.add(pend);
+    clock ??= setInterval(onTick, SLICE_MS);
+    work.then((reply) => {
+      running.delete(pend);
+      if (answered) return; // a later RESUME takes the reply
+      if (ticket !== undefined) unfinished.delete(ticket);
+      resolve(reply);
+    }, (err: unknown) => {
+      running.delete(pend);
+      if (!answered) reject(err);
+    });
+  });
 }
 
 /**

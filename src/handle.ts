@@ -15,6 +15,7 @@ import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
 import { track, untrack } from "./cleanup.js";
+import { giveShared, takeShared } from "./shared-pool.js";
 
 interface Slot {
   readonly id: number;
@@ -56,7 +57,7 @@ export class Handle {
     const reply = cross(slot.id, "close", [], {});
     if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
     untrack(slot.id);
-    release(slot.sab);
+    giveShared(slot.sab);
     slot.sab = new SharedArrayBuffer(0);
   }
 
@@ -75,37 +76,22 @@ function fail(call: Call, message: string, errnum: number): ReturnType<typeof er
   return errorValue(call.ret);
 }
 
-/**
- * Shared buffers that handles no longer use, for the next ones. Neither
- * thread collects garbage for the sake of a SharedArrayBuffer's memory, so
- * a process that makes many short-lived handles grew by each handle's
- * buffer (about 5 MiB per 100 handles, measured by bench/soak.ts).
- */
-const spare: SharedArrayBuffer[] = [];
-const SPARE_MAX = 4;
-const SPARE_LARGEST = 4 * 1024 * 1024;
-
-function release(sab: SharedArrayBuffer): void {
-  if (sab.byteLength && sab.byteLength <= SPARE_LARGEST && spare.length < SPARE_MAX) spare.push(sab);
-}
-
 /** Room in the handle's shared buffer for `n` bytes: grown in powers of two. */
 function reserve(slot: Slot, n: number): Uint8Array {
   if (n > slot.sab.byteLength) {
     let size = 64 * 1024;
     while (size < n) size *= 2;
-    const i = spare.findIndex((b) => b.byteLength === size);
-    const reused = i >= 0 ? spare.splice(i, 1)[0]! : undefined;
-    if (reused) new Uint8Array(reused).fill(0); // nothing of another handle's data shows through
-    release(slot.sab);
-    slot.sab = reused ?? new SharedArrayBuffer(size);
+    giveShared(slot.sab);
+    slot.sab = takeShared(size);
     slot.sabChanged = true;
   }
   return new Uint8Array(slot.sab, 0, n);
 }
 
 /** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
-function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): { wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array } } {
+function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): {
+  wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array }; staging?: SharedArrayBuffer;
+} {
   if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
   if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
   if (!persist) {
@@ -117,11 +103,12 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   if (user.buffer instanceof SharedArrayBuffer) {
     return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
   }
-  const staging = new Uint8Array(new SharedArrayBuffer(user.byteLength));
+  const staging = new Uint8Array(takeShared(user.byteLength));
   if (!out) staging.set(user);
   return {
     wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
     view: staging,
+    staging: staging.buffer as SharedArrayBuffer,
     ...(out && { copy: { to: user, from: staging } }),
   };
 }
@@ -186,8 +173,11 @@ function method(name: CallName, call: Call) {
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
-    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy);
-    else if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy, buffer?.staging);
+    else {
+      if (buffer?.staging) giveShared(buffer.staging); // a refused aio command: the worker kept nothing
+      if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    }
     const replayed = slot.callbacks.replay(reply.events);
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);
     else if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it
