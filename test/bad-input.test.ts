@@ -176,14 +176,14 @@ function plausible(arg: Arg): unknown {
 }
 
 /** python3-libnbd's spelling of an argument (see PY's arg()); undefined: not expressible there. */
-function pyArg(name: CallName, arg: Arg, v: unknown, h?: Hostile): unknown {
-  if (h) return h.py === undefined ? undefined : bytes(arg) && typeof h.py === "object" && h.py && "buf" in h.py ? { ...h.py, as: bufferAs(name, arg) } : h.py;
-  if (v instanceof Uint8Array) return { buf: v.length, as: bufferAs(name, arg) };
+function pyArg(arg: Arg, v: unknown, h?: Hostile): unknown {
+  if (h) return h.py === undefined ? undefined : bytes(arg) && typeof h.py === "object" && h.py && "buf" in h.py ? { ...h.py, as: bufferAs(arg) } : h.py;
+  if (v instanceof Uint8Array) return { buf: v.length, as: bufferAs(arg) };
   if (typeof v === "function") return { fn: 0 };
   return v;
 }
 /** pread takes a count, pwrite bytes, aio calls an nbd.Buffer. */
-const bufferAs = (name: string, arg: Arg) =>
+const bufferAs = (arg: Arg) =>
   arg.kind.startsWith("bytesPersist") ? "buffer" : arg.kind === "bytesOut" ? "count" : "bytes";
 
 // ---- python3-libnbd: the same cases -------------------------------------------------------
@@ -314,7 +314,7 @@ test("every argument of every call, every hostile value, every permitted state: 
           args[i] = hostile.v;
           // Right-type values python cannot pass (or calls it lacks) run on handles of their own, so that
           // the handles both sides share see the same history.
-          const py = all.map((a, j) => pyArg(name, a, args[j], j === i ? hostile : undefined));
+          const py = all.map((a, j) => pyArg(a, args[j], j === i ? hostile : undefined));
           const compared = ok && PY_CALLS.has(cName(name, call).slice(4)) && !py.includes(undefined);
           const fresh = ok && movesState(name);
           const h = fresh ? make(state) : ok && !compared ? alone.get(state) : handles.get(state);
@@ -388,7 +388,7 @@ test("every call in every state it is not permitted in: libnbd's state error, th
       assert.is(out.after, state, `${label}: the state is unchanged`);
       checked++;
       perState.set(state, (perState.get(state) ?? 0) + 1);
-      const py = allArgs(call).map((a, j) => pyArg(name, a, args[j]));
+      const py = allArgs(call).map((a, j) => pyArg(a, args[j]));
       pyCases.push({ state, call: cName(name, call).slice(4), args: py });
       keys.push(label);
       ours.push(out);
