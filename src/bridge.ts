@@ -76,7 +76,9 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
   } catch (err) {
     let e = err instanceof Error ? err : new Error(String(err));
     if (workerLost(e)) {
-      if (/timed-out/.test(e.message)) e = new Error(`the worker thread did not answer for ${STALL_MS} ms and was stopped`);
+      e = new Error(/timed-out/.test(e.message)
+        ? `the worker thread did not answer for ${STALL_MS} ms and was stopped`
+        : `the worker thread died: ${e.message}`);
       void worker?.terminate();
       sync = undefined;
       worker = undefined;

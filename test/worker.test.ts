@@ -72,8 +72,8 @@ writeFileSync(disk, new Uint8Array(1 << 20));
 const figures: string[] = [];
 
 for (const [how, message, nodeArgs] of [
-  ["exit", "Worker exited with code 70", []],
-  ["throw", "nbd-ts test hook: uncaught exception in the worker", []],
+  ["exit", "the worker thread died: Worker exited with code 70", []],
+  ["throw", "the worker thread died: nbd-ts test hook: uncaught exception in the worker", []],
   ["oom", `the worker thread did not answer for ${STALL_MS} ms and was stopped`, ["--max-old-space-size=64"]],
   ["hang", `the worker thread did not answer for ${STALL_MS} ms and was stopped`, []],
 ] as const) {
