@@ -103,13 +103,13 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   if (user.buffer instanceof SharedArrayBuffer) {
     return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
   }
-  const staging = new Uint8Array(takeShared(user.byteLength));
+  // A write's staging copy is overwritten whole, so it comes from the pool (shared-pool.ts says why not a read's).
+  const staging = new Uint8Array(out ? new SharedArrayBuffer(user.byteLength) : takeShared(user.byteLength, false));
   if (!out) staging.set(user);
   return {
     wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
     view: staging,
-    staging: staging.buffer as SharedArrayBuffer,
-    ...(out && { copy: { to: user, from: staging } }),
+    ...(out ? { copy: { to: user, from: staging } } : { staging: staging.buffer as SharedArrayBuffer }),
   };
 }
 
