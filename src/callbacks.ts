@@ -10,6 +10,7 @@
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
 import { type Event, isSpan } from "./client/events.js";
 import { errno } from "./errno.js";
+import { giveShared } from "./shared-pool.js";
 
 interface Held {
   fn: (...args: unknown[]) => unknown;
@@ -22,10 +23,11 @@ interface Held {
   kept?: boolean;
 }
 
-/** An aio command in flight: its callbacks, and where its data must be copied when it is done. */
+/** An aio command in flight: its callbacks, where its data must be copied when it is done, and the staging memory. */
 interface Aio {
   ids: number[];
   copy?: { to: Uint8Array; from: Uint8Array };
+  staging?: SharedArrayBuffer;
 }
 
 /** How the callbacks of a blocking call went: their failure fails the call. */
@@ -81,9 +83,9 @@ export class Callbacks {
   }
 
   /** An aio call returned `cookie`: its callbacks live until the command is done. */
-  adopt(cookie: number, ids: number[], copy?: Aio["copy"]): void {
+  adopt(cookie: number, ids: number[], copy?: Aio["copy"], staging?: SharedArrayBuffer): void {
     for (const id of ids) this.#held.get(id)!.cookie = cookie;
-    this.#aio.set(cookie, { ids, ...(copy && { copy }) });
+    this.#aio.set(cookie, { ids, ...(copy && { copy }), ...(staging && { staging }) });
   }
 
   replay(events: readonly Event[] | undefined): Replayed {
@@ -104,7 +106,10 @@ export class Callbacks {
     }
     for (const [cookie, err] of failed) this.settlements.push([cookie, 0, err]);
     for (const cookie of done) {
-      this.drop(this.#aio.get(cookie)?.ids ?? []);
+      const aio = this.#aio.get(cookie);
+      this.drop(aio?.ids ?? []);
+      // Its callbacks have seen the buffer (a chunk callback gets a view of it): now it is free.
+      if (aio?.staging) giveShared(aio.staging);
       this.#aio.delete(cookie);
     }
     return result;

@@ -16,6 +16,7 @@ import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
 import { track, untrack } from "./cleanup.js";
+import { giveShared, takeShared } from "./shared-pool.js";
 
 interface Slot {
   readonly id: number;
@@ -57,6 +58,8 @@ export class Handle {
     const reply = cross(slot.id, "close", [], {});
     if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
     untrack(slot.id);
+    giveShared(slot.sab);
+    slot.sab = new SharedArrayBuffer(0);
   }
 
   /** Closes the handle, as close() does: `using h = create()` closes it at the end of the block. */
@@ -81,14 +84,17 @@ function reserve(slot: Slot, n: number): Uint8Array {
   if (n > slot.sab.byteLength) {
     let size = 64 * 1024;
     while (size < n) size *= 2;
-    slot.sab = new SharedArrayBuffer(size);
+    giveShared(slot.sab);
+    slot.sab = takeShared(size);
     slot.sabChanged = true;
   }
   return new Uint8Array(slot.sab, 0, n);
 }
 
 /** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
-function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): { wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array } } {
+function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): {
+  wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array }; staging?: SharedArrayBuffer;
+} {
   if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
   if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
   if (!persist) {
@@ -100,14 +106,23 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   if (user.buffer instanceof SharedArrayBuffer) {
     return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
   }
-  const staging = new Uint8Array(new SharedArrayBuffer(user.byteLength));
+  // A write's staging copy is overwritten whole, so it comes from the pool (shared-pool.ts says why not a read's).
+  const staging = new Uint8Array(out ? new SharedArrayBuffer(user.byteLength) : takeShared(user.byteLength, false));
   if (!out) staging.set(user);
   return {
     wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
     view: staging,
-    ...(out && { copy: { to: user, from: staging } }),
+    ...(out ? { copy: { to: user, from: staging } } : { staging: staging.buffer as SharedArrayBuffer }),
   };
 }
+
+/**
+ * A function or symbol where no callback goes cannot be cloned to the worker:
+ * it crosses as a stand-in that every argument check refuses, so that the
+ * state is still checked first and the message names the argument.
+ */
+const standIn = (v: unknown): unknown =>
+  typeof v === "function" || typeof v === "symbol" ? { notCloneable: typeof v } : v;
 
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
@@ -126,6 +141,11 @@ function method(name: CallName, call: Call) {
       return fail(call, workerDied.format(context), workerDied.errno);
     }
     const extra: Extra = {};
+    for (let i = 0; i < args.length && i < all.length; i++) {
+      const kind = all[i]!.kind;
+      if (kind === "closure" || i === bytes) continue;
+      args[i] = kind === "stringList" && Array.isArray(args[i]) ? (args[i] as unknown[]).map(standIn) : standIn(args[i]);
+    }
     const user = args[bytes];
     const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
     if (buffer) args[bytes] = buffer.wire;
@@ -156,8 +176,11 @@ function method(name: CallName, call: Call) {
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
-    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy);
-    else if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy, buffer?.staging);
+    else {
+      if (buffer?.staging) giveShared(buffer.staging); // a refused aio command: the worker kept nothing
+      if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+    }
     const replayed = slot.callbacks.replay(reply.events);
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);
     else if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it

@@ -58,6 +58,10 @@ function success(ret: Ret, value: unknown): Outcome["ret"] {
 
 const TWO64 = 1n << 64n;
 
+/** A value for a message; a function or symbol crossed the bridge as a stand-in (handle.ts). */
+const shown = (v: unknown): string =>
+  v !== null && typeof v === "object" && "notCloneable" in v ? `a ${String(v.notCloneable)}` : String(v);
+
 /** The value an argument has once checked: what the implementation receives. */
 function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unknown {
   const bad = (text: string) => new NbdError(errno.EINVAL, `${arg.name}: ${text}`);
@@ -72,12 +76,12 @@ function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unkno
       if (typeof v === "boolean" || typeof v === "number") return Boolean(v);
       throw bad("expected a boolean");
     case "int":
-      if (Number.isInteger(v) && Math.abs(v as number) <= 0x7fffffff) return v;
+      if (Number.isInteger(v) && (v as number) >= -0x80000000 && (v as number) <= 0x7fffffff) return v;
       throw bad("expected an integer");
     case "uint64":
       if (typeof v === "bigint" && v >= 0n && v < TWO64) return v;
       if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 64) return BigInt(v);
-      throw bad(`expected an integer from 0 to 2^64-1, got ${String(v)}`);
+      throw bad(`expected an integer from 0 to 2^64-1, got ${shown(v)}`);
     case "string":
     case "path":
       if (v == null) throw nullPointer();
@@ -109,11 +113,11 @@ function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unkno
       throw bad("expected a function");
     case "enum":
       if (typeof v === "number" && arg.values.includes(v)) return v;
-      throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${String(v)}`);
+      throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${shown(v)}`);
     case "flags": {
       const flags = v ?? 0;
       if (typeof flags !== "number" || !Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) {
-        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: ${String(flags)}`);
+        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: ${shown(flags)}`);
       }
       // Command flags the call does not take are refused in strict mode, and
       // always when they do not fit the 16 bits of the wire.

@@ -210,7 +210,12 @@ export class Negotiation extends Session {
 
   protected flag(bit: TFlag): boolean { return (this.#known("flags").eflags & bit) !== 0; }
 
-  getSize(): bigint { return this.#known("size").size; }
+  /** int64_t, as in C: newer libnbd refuses a size that does not fit (1.14 returned it negative). */
+  getSize(): bigint {
+    const { size } = this.#known("size");
+    if (size > 0x7fffffffffffffffn) throw new NbdError(errno.EOVERFLOW, `server export size ${size} does not fit in a signed 64-bit integer`);
+    return size;
+  }
   getProtocol(): string { return this.neg!.protocol; }
   getStructuredRepliesNegotiated(): boolean { return this.neg!.structuredReplies; }
   getExtendedHeadersNegotiated(): boolean { return this.neg!.extendedHeaders; }
