@@ -1,36 +1,45 @@
 /**
- * nbd-ts beside libnbd's C API, on the same `nbdkit memory 1G` (filled from
- * `nbdkit pattern` with nbdcopy) over a Unix socket, in the same run. Rounds
- * alternate between the two so that machine noise hits both; each figure is
- * the median of its rounds. CPU time is the whole process's (nbd-ts: both
- * threads) per call.
+ * nbd-ts beside libnbd's C API (and nbdcopy), on the same `nbdkit memory 1G`
+ * (filled from `nbdkit pattern` with nbdcopy) over a Unix socket, in the
+ * same run. Rounds alternate between the two so that machine noise hits
+ * both; each figure is the median of its rounds. CPU time is the whole
+ * process's (nbd-ts: main thread and worker) per call.
  *
- *   npm run bench         (ROUNDS=3, N=20000 sync calls per round)
+ *   npm run bench
  *
- * Figures: lat, 4 KiB sync pread at random aligned offsets; aio, aioPread of
- * 256 KiB with 16 in flight over the whole export, driven by poll; promise,
- * the same workload through nbd-ts/async (16 concurrent awaited preads).
+ * Environment: ROUNDS (3), N (20000 sync calls for lat), CONNECTS (10 per
+ * round), RSS_CALLS (1000000), ONLY (a comma-separated list of figures).
+ *
+ * The C side is in bench/*.c, compiled here with cc -lnbd.
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { create, getError } from "nbd-ts";
+import { create, getError, type Handle } from "nbd-ts";
 import * as nbdAsync from "nbd-ts/async";
+import { copyToNull } from "../examples/copy-to-null.js";
 
-const N = Number(process.env.N ?? 20_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const N = Number(process.env.N ?? 20_000);
+const CONNECTS = Number(process.env.CONNECTS ?? 10);
+const RSS_CALLS = Number(process.env.RSS_CALLS ?? 1_000_000);
+const ONLY = process.env.ONLY?.split(",");
 const LAT_SIZE = 4096;
+const SEQ_SIZE = 2 * 1024 * 1024;
 const AIO_REQ = 256 * 1024;
 const AIO_DEPTH = 16;
 
 const dir = mkdtempSync(join(tmpdir(), "nbdts-bench-"));
 const socket = join(dir, "sock");
+const uri = `nbd+unix:///?socket=${socket}`;
 const server = spawn("nbdkit", ["-f", "-U", socket, "memory", "1G"], { stdio: "inherit" });
 
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const cpuMicros = (u: NodeJS.CpuUsage) => u.user + u.system;
+const wanted = (figure: string) => !ONLY || ONLY.includes(figure);
 
 /** Compiles one of the C programs beside this script against libnbd. */
 function compile(name: string): string {
@@ -39,16 +48,26 @@ function compile(name: string): string {
   return bin;
 }
 
+/** Runs a C program and returns the numbers it printed. */
 const numbers = (bin: string, ...args: (string | number)[]): number[] =>
-  execFileSync(bin, [socket, ...args.map(String)], { encoding: "utf8" }).trim().split(" ").map(Number);
+  execFileSync(bin, args.map(String), { encoding: "utf8" }).trim().split(" ").map(Number);
 
-function connect() {
+function must<T>(ret: T, failed: T, what: string): T {
+  if (ret === failed) throw new Error(`${what}: ${getError()}`);
+  return ret;
+}
+
+function connect(): Handle {
   const h = create();
-  if (!h || h.connectUnix(socket) === -1) throw new Error(getError() ?? "create failed");
+  if (!h) throw new Error(getError() ?? "create failed");
+  must(h.connectUnix(socket), -1, "connect_unix");
   return h;
 }
 
-function latency(): { median: number; cpu: number } {
+// ---- nbd-ts's side of each figure -------------------------------------------------
+
+/** 4 KiB sync preads at random aligned offsets: median µs and CPU µs per call. */
+function latency(): [number, number] {
   const h = connect();
   const blocks = Number(h.getSize()) / LAT_SIZE;
   const buf = new Uint8Array(LAT_SIZE);
@@ -58,16 +77,30 @@ function latency(): { median: number; cpu: number } {
   for (let i = 0; i < N; i++) {
     const offset = Math.floor(Math.random() * blocks) * LAT_SIZE;
     const t0 = process.hrtime.bigint();
-    if (h.pread(buf, offset) === -1) throw new Error(getError() ?? "pread failed");
+    must(h.pread(buf, offset), -1, "pread");
     times[i] = Number(process.hrtime.bigint() - t0) / 1000;
   }
-  const used = process.cpuUsage(cpu0);
+  const cpu = cpuMicros(process.cpuUsage(cpu0)) / N;
   h.close();
   times.sort();
-  return { median: times[N >> 1]!, cpu: (used.user + used.system) / N };
+  return [times[N >> 1]!, cpu];
 }
 
-/** MB/s reading the whole export with aio_pread, AIO_DEPTH in flight. */
+/** MB/s of sync pread or pwrite of SEQ_SIZE, in order over the whole export. */
+function sequential(write: boolean): number {
+  const h = connect();
+  const size = Number(h.getSize());
+  const buf = new Uint8Array(SEQ_SIZE).map((_, i) => i * 7 + 1);
+  const t0 = process.hrtime.bigint();
+  for (let offset = 0; offset < size; offset += SEQ_SIZE) {
+    must(write ? h.pwrite(buf, offset) : h.pread(buf, offset), -1, write ? "pwrite" : "pread");
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  h.close();
+  return size / s / 1e6;
+}
+
+/** MB/s reading the whole export with aio_pread, AIO_DEPTH in flight, driven by poll. */
 function aio(): number {
   const h = connect();
   const size = Number(h.getSize());
@@ -79,11 +112,11 @@ function aio(): number {
   const t0 = process.hrtime.bigint();
   while (offset < size || inFlight > 0) {
     while (inFlight < AIO_DEPTH && offset < size) {
-      if (h.aioPread(bufs[slot++ % AIO_DEPTH]!, offset, done) === -1n) throw new Error(getError() ?? "aioPread");
+      must(h.aioPread(bufs[slot++ % AIO_DEPTH]!, offset, done), -1n, "aio_pread");
       inFlight++;
       offset += AIO_REQ;
     }
-    if (h.poll(-1) === -1) throw new Error(getError() ?? "poll");
+    must(h.poll(-1), -1, "poll");
   }
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   h.close();
@@ -109,42 +142,128 @@ async function promise(): Promise<number> {
   return size / s / 1e6;
 }
 
+/** MB/s of examples/copy-to-null (connect to close, in this process). */
+function copy(): number {
+  const t0 = process.hrtime.bigint();
+  const { size } = copyToNull(uri);
+  return size / (Number(process.hrtime.bigint() - t0) / 1e9) / 1e6;
+}
+
+/** MB/s of `nbdcopy URI null:` (the whole process). */
+function nbdcopy(): number {
+  const t0 = process.hrtime.bigint();
+  execFileSync("nbdcopy", [uri, "null:"]);
+  return 1024 ** 3 / (Number(process.hrtime.bigint() - t0) / 1e9) / 1e6;
+}
+
+/** Median ms of create, connect_systemd_socket_activation(nbdkit memory 1G), close. */
+function connectClose(): number {
+  const times: number[] = [];
+  for (let i = 0; i < CONNECTS; i++) {
+    const t0 = process.hrtime.bigint();
+    const h = create()!;
+    must(h.connectSystemdSocketActivation(["nbdkit", "memory", "1G"]), -1, "connect_systemd_socket_activation");
+    h.close();
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  return median(times);
+}
+
+/** MiB the resident set grows over RSS_CALLS sync 4 KiB preads, after a warm-up. */
+function rss(): number {
+  const h = connect();
+  const blocks = Number(h.getSize()) / LAT_SIZE;
+  const buf = new Uint8Array(LAT_SIZE);
+  const read = () => must(h.pread(buf, Math.floor(Math.random() * blocks) * LAT_SIZE), -1, "pread");
+  for (let i = 0; i < 20_000; i++) read();
+  const rss0 = process.memoryUsage.rss();
+  for (let i = 0; i < RSS_CALLS; i++) read();
+  const grown = (process.memoryUsage.rss() - rss0) / 2 ** 20;
+  h.close();
+  return grown;
+}
+
+// ---- the run ------------------------------------------------------------------------
+
+interface Row {
+  figure: string;
+  what: string;
+  goal: string;
+  c: number[];
+  ts: number[];
+  digits?: number;
+}
+
+const rows: Record<string, Row> = {
+  lat: { figure: "lat", what: `${N} sync 4 KiB pread, random offsets: median µs`, goal: "≤ 1.0×", c: [], ts: [] },
+  latCpu: { figure: "lat", what: "CPU µs per call (whole process)", goal: "shown", c: [], ts: [] },
+  seq: { figure: "seq", what: "sync 2 MiB pread over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
+  write: { figure: "write", what: "sync 2 MiB pwrite over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
+  aio: { figure: "aio", what: "aioPread 256 KiB × 16 + poll over 1 GiB: MB/s", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
+  promise: { figure: "promise", what: "the same, Promise API: MB/s (vs libnbd aio)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
+  copy: { figure: "copy", what: "1 GiB to null with block status: MB/s (vs nbdcopy)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
+  connect: { figure: "connect", what: "socket activation of nbdkit + close: median ms", goal: "≤ 1.2×", c: [], ts: [], digits: 2 },
+  rss: { figure: "rss", what: `RSS growth over ${RSS_CALLS.toLocaleString("en")} sync 4 KiB pread: MiB`, goal: "≤ 16 MiB", c: [], ts: [], digits: 1 },
+};
+
+const started = Date.now();
+const log = (msg: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${msg}\n`);
+
 try {
   for (let i = 0; !existsSync(socket); i++) {
     if (i > 500) throw new Error("nbdkit did not start");
     sleep(10);
   }
   // Fill the export, so that reads return real data rather than nbdkit's sparse zeroes.
-  execFileSync("nbdcopy", ["--", "[", "nbdkit", "pattern", "1G", "]", `nbd+unix:///?socket=${socket}`]);
-  const latBin = compile("pread-latency");
-  const aioBin = compile("aio-read");
-  const rows: Record<string, [number[], number[]]> = {
-    "lat: median µs/call": [[], []],
-    "lat: CPU µs/call": [[], []],
-    "aio: MB/s": [[], []],
-    "promise: MB/s (vs libnbd aio)": [[], []],
+  execFileSync("nbdcopy", ["--", "[", "nbdkit", "pattern", "1G", "]", uri]);
+  const bin = {
+    lat: compile("pread-latency"),
+    seq: compile("seq-io"),
+    aio: compile("aio-read"),
+    connect: compile("connect"),
+  };
+  const add = (key: string, c: number, ts: number) => {
+    rows[key]!.c.push(c);
+    rows[key]!.ts.push(ts);
   };
   for (let r = 0; r < ROUNDS; r++) {
-    const [cMedian, cCpu] = numbers(latBin, N, LAT_SIZE);
-    const ts = latency();
-    rows["lat: median µs/call"]![0].push(cMedian!);
-    rows["lat: median µs/call"]![1].push(ts.median);
-    rows["lat: CPU µs/call"]![0].push(cCpu!);
-    rows["lat: CPU µs/call"]![1].push(ts.cpu);
-    const [cAio] = numbers(aioBin, AIO_REQ, AIO_DEPTH);
-    rows["aio: MB/s"]![0].push(cAio!);
-    rows["aio: MB/s"]![1].push(aio());
-    rows["promise: MB/s (vs libnbd aio)"]![0].push(cAio!);
-    rows["promise: MB/s (vs libnbd aio)"]![1].push(await promise());
+    log(`round ${r + 1} of ${ROUNDS}`);
+    if (wanted("lat")) {
+      const [cLat, cCpu] = numbers(bin.lat, socket, N, LAT_SIZE);
+      const [tsLat, tsCpu] = latency();
+      add("lat", cLat!, tsLat);
+      add("latCpu", cCpu!, tsCpu);
+    }
+    if (wanted("seq")) add("seq", numbers(bin.seq, socket, "read", SEQ_SIZE)[0]!, sequential(false));
+    if (wanted("write")) add("write", numbers(bin.seq, socket, "write", SEQ_SIZE)[0]!, sequential(true));
+    if (wanted("aio") || wanted("promise")) {
+      const [cAio] = numbers(bin.aio, socket, AIO_REQ, AIO_DEPTH);
+      if (wanted("aio")) add("aio", cAio!, aio());
+      if (wanted("promise")) add("promise", cAio!, await promise());
+    }
+    if (wanted("copy")) add("copy", nbdcopy(), copy());
+    if (wanted("connect")) add("connect", numbers(bin.connect, CONNECTS)[0]!, connectClose());
   }
-  console.log(`\nnbd-ts vs libnbd ${ROUNDS} rounds, nbdkit memory 1G over a Unix socket\n`);
-  console.log("| figure                         |  libnbd |  nbd-ts | ratio  |");
-  console.log("|--------------------------------|---------|---------|--------|");
-  for (const [name, [c, t]] of Object.entries(rows)) {
-    const a = median(c);
-    const b = median(t);
-    console.log(`| ${name.padEnd(30)} | ${a.toFixed(1).padStart(7)} | ${b.toFixed(1).padStart(7)} | ${(b / a).toFixed(2).padStart(5)}× |`);
+  if (wanted("rss")) {
+    log(`rss: ${RSS_CALLS} calls each`);
+    add("rss", numbers(bin.lat, socket, RSS_CALLS, LAT_SIZE, "rss")[0]! / 1024, rss());
   }
+  log("done");
+
+  const cpu = cpus()[0]?.model ?? "unknown CPU";
+  console.log(`\nnbd-ts vs libnbd: medians of ${ROUNDS} rounds (rss: one run); ` +
+    `nbdkit memory 1G over a Unix socket; ${cpus().length} × ${cpu}, Node ${process.version}\n`);
+  console.log("| figure | workload and unit | libnbd | nbd-ts | ratio | goal |");
+  console.log("|---|---|--:|--:|--:|---|");
+  for (const row of Object.values(rows)) {
+    if (!row.ts.length) continue;
+    const a = median(row.c);
+    const b = median(row.ts);
+    const d = row.digits ?? 1;
+    const ratio = row.figure === "rss" ? "" : `${(b / a).toFixed(2)}×`;
+    console.log(`| ${row.figure} | ${row.what} | ${a.toFixed(d)} | ${b.toFixed(d)} | ${ratio} | ${row.goal} |`);
+  }
+  console.log(`\n(${((Date.now() - started) / 1000).toFixed(0)} s; copy: libnbd column is nbdcopy's whole process, nbd-ts's is the example's copyToNull in this process)`);
 } finally {
   server.kill("SIGTERM");
   rmSync(dir, { recursive: true, force: true });

@@ -10,7 +10,7 @@
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
 import { type Event, isSpan } from "./client/events.js";
 import { errno } from "./errno.js";
-import { giveShared } from "./shared-pool.js";
+import { giveStaging } from "./shared-pool.js";
 
 interface Held {
   fn: (...args: unknown[]) => unknown;
@@ -23,11 +23,19 @@ interface Held {
   kept?: boolean;
 }
 
-/** An aio command in flight: its callbacks, where its data must be copied when it is done, and the staging memory. */
+/**
+ * Where an aio command's data must be copied when it is done (`to`, for a
+ * read), and the staging buffer it went through, which is then given back.
+ */
+export interface Staged {
+  to?: Uint8Array;
+  from: Uint8Array<SharedArrayBuffer>;
+}
+
+/** An aio command in flight: its callbacks, and its staging buffer. */
 interface Aio {
   ids: number[];
-  copy?: { to: Uint8Array; from: Uint8Array };
-  staging?: SharedArrayBuffer;
+  staged?: Staged;
 }
 
 /** How the callbacks of a blocking call went: their failure fails the call. */
@@ -82,10 +90,10 @@ export class Callbacks {
     for (const id of ids) this.#held.delete(id);
   }
 
-  /** An aio call returned `cookie`: its callbacks live until the command is done. */
-  adopt(cookie: number, ids: number[], copy?: Aio["copy"], staging?: SharedArrayBuffer): void {
+  /** An aio call returned `cookie`: its callbacks (and staging buffer) live until the command is done. */
+  adopt(cookie: number, ids: number[], staged?: Staged): void {
     for (const id of ids) this.#held.get(id)!.cookie = cookie;
-    this.#aio.set(cookie, { ids, ...(copy && { copy }), ...(staging && { staging }) });
+    this.#aio.set(cookie, staged ? { ids, staged } : { ids });
   }
 
   replay(events: readonly Event[] | undefined): Replayed {
@@ -96,8 +104,9 @@ export class Callbacks {
     for (const ev of events ?? []) {
       if (ev.id === DONE) {
         const cookie = ev.args[0] as number;
-        const copy = this.#aio.get(cookie)?.copy;
-        if (copy) copy.to.set(copy.from);
+        // DONE comes before the completion callback's call: the data is in place when it runs.
+        const staged = this.#aio.get(cookie)?.staged;
+        staged?.to?.set(staged.from);
         done.push(cookie);
         continue;
       }
@@ -109,7 +118,7 @@ export class Callbacks {
       const aio = this.#aio.get(cookie);
       this.drop(aio?.ids ?? []);
       // Its callbacks have seen the buffer (a chunk callback gets a view of it): now it is free.
-      if (aio?.staging) giveShared(aio.staging);
+      if (aio?.staged) giveStaging(aio.staged.from);
       this.#aio.delete(cookie);
     }
     return result;

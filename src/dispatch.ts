@@ -1,16 +1,21 @@
 /**
  * The worker side of the bridge: handles by id, each a Connection plus the
  * SharedArrayBuffer that carries its data. Buffers arrive as lengths and are
- * turned into views of that memory; everything else goes to invoke(), which
- * never throws, so the worker only ever returns plain records. Every call
- * answers within a slice, finished or not (see bridge.ts for why).
+ * turned into views of that memory; an aio buffer is shared memory of its
+ * own, known by a number once it has been sent; everything else goes to
+ * invoke(), which never throws, so the worker only ever returns plain
+ * records. Aio commands the caller queued (issueQueued) go straight to the
+ * Connection.
  */
 import { Connection } from "./client/connection.js";
 import { errno } from "./errno.js";
-import { invoke, type Outcome } from "./api/invoke.js";
+import { asNbdError } from "./client/error.js";
+import { errorValue, invoke, recorder, type Outcome } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
-import { isBytes, isPersist } from "./api/types.js";
+import { cName, isBytes, isPersist } from "./api/types.js";
 import type { Settlement } from "./callbacks.js";
+import { CALLS, Queued, type Registration, slotAt } from "./channel.js";
+import { Cmd } from "./protocol/constants.js";
 
 /** What rides along with a call, besides its arguments. */
 export interface Extra {
@@ -22,65 +27,67 @@ export interface Extra {
   settle?: Settlement[];
 }
 
+/**
+ * An aio buffer on the wire: the number the worker knows its shared memory
+ * by (see bufferId in bridge.ts), where the view starts and its length.
+ */
+export type Shared = [id: number, at: number, length: number];
+
+/**
+ * Whether the caller may queue aio reads and writes on this handle without
+ * waiting (Commands.queueable): [next cookie, export size, alignment, largest
+ * write, writes allowed], refreshed by every reply for the handle.
+ */
+export type QueueFacts = [cookie: number, size: number, align: number, payload: number, write: boolean];
+
 export interface Reply extends Outcome {
   /** Whether the handle zeroes read buffers (so a failed read leaves zeroes). */
   init?: boolean;
   /** A server process or socket dir that the main thread must clean up at exit. */
   cleanup?: { pid?: number; dir?: string };
-  /** Not finished within its slice: ask again with RESUME and this ticket. */
-  pending?: number;
+  /** Absent: the caller may not queue commands on the handle now. */
+  queue?: QueueFacts;
 }
 
-/** The call that asks after a pending one: RESUME(ticket). */
-export const RESUME = "__resume__";
-/** How long a call may run before the worker answers "pending". */
-const SLICE_MS = 200;
-const unfinished = new Map<number, Promise<Reply>>();
-let tickets = 0;
+interface Slot { conn: Connection; sab: SharedArrayBuffer }
+
+const slots = new Map<number, Slot>();
+/** Aio buffers by number. */
+const buffers = new Map<number, SharedArrayBuffer>();
+
+/** Aio buffers to forget once the queue has been taken this far: [queued, numbers], oldest first. */
+const forgetting: [number, number[]][] = [];
+
+/** What the caller sent on the registry port: the new buffer now, what to forget in its turn (see forgetTaken). */
+export function register({ id, sab, forget, queued }: Registration): void {
+  buffers.set(id, sab);
+  if (forget.length) forgetting.push([queued, forget]);
+}
+
+/** The queue has been taken up to `taken`: forget what the commands before it could still have named. */
+export function forgetTaken(taken: number): void {
+  while (forgetting.length && forgetting[0]![0] <= taken) for (const id of forgetting.shift()![1]) buffers.delete(id);
+}
+
+/** An aio buffer's view; undefined only if the caller's registry and the worker's disagree (a bug). */
+function shared([id, at, length]: Shared): Uint8Array | undefined {
+  const sab = buffers.get(id);
+  return sab && new Uint8Array(sab, at, length);
+}
 
 /**
- * One clock for all calls, not a timer each (that costs microseconds per
- * call): every SLICE_MS it answers "pending" for each call still running.
- * It runs only while calls do, and holds nothing of a call that has ended.
+ * A buffer too large to be sent at all (over libnbd's 64 MiB limit) is
+ * represented by its length alone: the size check fails the call before
+ * any byte would be touched.
  */
-const running = new Set<() => void>();
-let clock: ReturnType<typeof setInterval> | undefined;
-
-function onTick(): void {
-  for (const pend of running) pend();
-  running.clear();
-  clearInterval(clock);
-  clock = undefined;
-}
-
-/** The reply, if `work` ends by the clock's next tick; else "pending" under a ticket. */
-function within(work: Promise<Reply>, ticket?: number): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    let answered = false;
-    const pend = () => {
-      answered = true;
-      const t = ticket ?? ++tickets;
-      unfinished.set(t, work);
-      resolve({ ret: 0, pending: t });
-    };
-    running.add(pend);
-    clock ??= setInterval(onTick, SLICE_MS);
-    work.then((reply) => {
-      running.delete(pend);
-      if (answered) return; // a later RESUME takes the reply
-      if (ticket !== undefined) unfinished.delete(ticket);
-      resolve(reply);
-    }, (err: unknown) => {
-      running.delete(pend);
-      if (!answered) reject(err);
-    });
-  });
+function lengthOnly(n: number): Uint8Array {
+  return Object.defineProperty(new Uint8Array(0), "byteLength", { value: n });
 }
 
 /**
  * Test-only ways for the worker to die while a call is in flight, `ms` from
  * now, enabled by NBD_TS_TEST_HOOKS=1 (never otherwise): exit, an uncaught
- * exception, running out of memory, or looping forever.
+ * exception, running out of memory, or looping forever (wedged).
  */
 function die(how: unknown, ms: unknown): void {
   const kill: Record<string, () => void> = {
@@ -96,32 +103,12 @@ function die(how: unknown, ms: unknown): void {
   if (fn) setTimeout(fn, Number(ms) || 0);
 }
 
-interface Slot { conn: Connection; sab: SharedArrayBuffer }
-
-const slots = new Map<number, Slot>();
-
-/**
- * A buffer too large to be sent at all (over libnbd's 64 MiB limit) is
- * represented by its length alone: the size check fails the call before
- * any byte would be touched.
- */
-function lengthOnly(n: number): Uint8Array {
-  return Object.defineProperty(new Uint8Array(0), "byteLength", { value: n });
-}
-
-export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Promise<Reply> {
-  if (name === RESUME) {
-    const work = unfinished.get(args[0] as number);
-    return work ? within(work, args[0] as number) : Promise.resolve({ ret: -1, errno: errno.EINVAL, msg: "nbd-ts: no such pending call" });
-  }
+/** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
+export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
   if (name === "__die__" && process.env.NBD_TS_TEST_HOOKS === "1") {
     die(args[0], args[1]);
-    return Promise.resolve({ ret: 0 });
+    return { ret: 0 };
   }
-  return within(run(id, name, args, extra));
-}
-
-async function run(id: number, name: string, args: unknown[], extra: Extra): Promise<Reply> {
   if (name === "create") {
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment
@@ -133,24 +120,72 @@ async function run(id: number, name: string, args: unknown[], extra: Extra): Pro
   if (!slot) return { ret: -1, errno: errno.EINVAL, msg: `nbd-ts: no handle ${id} in the worker` };
   if (name === "close") {
     slots.delete(id);
-    await slot.conn.close();
-    const events = slot.conn.drainEvents();
-    return events.length ? { ret: 0, events } : { ret: 0 };
+    return slot.conn.close().then(() => {
+      const events = slot.conn.drainEvents();
+      return events.length ? { ret: 0, events } : { ret: 0 };
+    });
   }
   if (extra.sab) slot.sab = extra.sab;
   for (const [cookie, retire, err] of extra.settle ?? []) slot.conn.settleFromCaller(cookie, retire === 1, err);
   const call = API[name as CallName];
-  call.args.forEach((arg, i) => {
+  for (let i = 0; i < call.args.length; i++) {
+    const arg = call.args[i]!;
     const v = args[i];
-    if (!isBytes(arg)) return;
+    if (!isBytes(arg)) continue;
     if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
-    else if (typeof v === "object" && v !== null && "sab" in v) {
-      const { sab, offset, length } = v as { sab: SharedArrayBuffer; offset: number; length: number };
-      args[i] = new Uint8Array(sab, offset, length); // an aio buffer: memory of its own
+    else if (Array.isArray(v)) {
+      args[i] = shared(v as Shared); // an aio buffer: memory of its own
+      if (!args[i]) return { ret: errorValue(call.ret), errno: errno.EIO, msg: `${cName(name, call)}: nbd-ts: an aio buffer unknown to the worker` };
     }
-  });
-  const reply: Reply = await invoke(slot.conn, name as CallName, args, extra.env);
-  if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
-  if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
-  return reply;
+  }
+  const outcome = invoke(slot.conn, name as CallName, args, extra.env);
+  const finish = (reply: Reply): Reply => {
+    if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
+    if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
+    const queue = slot.conn.queueable();
+    if (queue && queue.size <= BigInt(Number.MAX_SAFE_INTEGER)) {
+      reply.queue = [queue.cookie, Number(queue.size), queue.align, queue.payload, queue.write];
+    }
+    return reply;
+  };
+  return outcome instanceof Promise ? outcome.then(finish) : finish(outcome);
+}
+
+/**
+ * Issues the aio commands the caller queued (see handle.ts), the first to
+ * the end-th, from the queue's fields (`slotAt` finds each). Each handle's
+ * requests go out together, in one write. The caller checked what the
+ * Connection would check with the facts of its last reply; if the
+ * connection has ended since, the command completes at once with the
+ * error, as if it had been in flight.
+ */
+export function issueQueued(q: Float64Array, first: number, end: number): void {
+  const corked = new Set<Connection>();
+  for (let i = first; i < end; i++) {
+    forgetTaken(i);
+    const at = slotAt(i);
+    const conn = slots.get(q[at + Queued.HANDLE]!)?.conn;
+    if (!conn) continue;
+    if (!corked.has(conn)) {
+      corked.add(conn);
+      conn.cork();
+    }
+    const write = CALLS[q[at + Queued.CALL]!] === "aioPwrite";
+    const cookie = q[at + Queued.COOKIE]!;
+    const offset = BigInt(q[at + Queued.OFFSET]!);
+    const id = q[at + Queued.COMPLETION]!;
+    const completion = id ? recorder(conn, id) : undefined;
+    let buf: Uint8Array = new Uint8Array(0);
+    try {
+      const sab = buffers.get(q[at + Queued.BUFFER]!);
+      if (!sab) throw new Error("nbd-ts: a queued command's buffer is unknown to the worker");
+      buf = new Uint8Array(sab, q[at + Queued.AT]!, q[at + Queued.LENGTH]!);
+      const ret = write ? conn.aioPwrite(buf, offset, completion, 0) : conn.aioPread(buf, offset, completion, 0);
+      if (Number(ret) !== cookie) throw new Error(`nbd-ts: queued command got cookie ${ret}, not ${cookie}`);
+    } catch (e) {
+      conn.abandonQueued(write ? Cmd.WRITE : Cmd.READ, cookie, offset, buf, completion, asNbdError(e, errno.EIO).errno || errno.ENOTCONN);
+    }
+  }
+  forgetTaken(end);
+  for (const conn of corked) conn.uncork();
 }

@@ -9,14 +9,16 @@ import { API, type CallName } from "./api/table.js";
 import type { HandleMethods } from "./api/handle-methods.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
-import { Callbacks } from "./callbacks.js";
-import { bridgeErrno, cross, workerGeneration } from "./bridge.js";
-import type { Extra, Reply } from "./dispatch.js";
+import { Callbacks, type Staged } from "./callbacks.js";
+import { bridgeErrno, bufferId, cross, queueArray, queueSlot, queued, workerGeneration } from "./bridge.js";
+import { Queued, callNumber } from "./channel.js";
+import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
+import { zero } from "./client/zero.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
 import { track, untrack } from "./cleanup.js";
-import { giveShared, takeShared } from "./shared-pool.js";
+import { giveShared, giveStaging, takeShared, takeStaging } from "./shared-pool.js";
 
 interface Slot {
   readonly id: number;
@@ -28,6 +30,8 @@ interface Slot {
   closed: boolean;
   /** The worker that runs it; if that worker died, so did the handle. */
   readonly generation: number;
+  /** Set while aio reads and writes may be queued without waiting (see queue()). */
+  queue?: QueueFacts | undefined;
 }
 
 const slots = new WeakMap<Handle, Slot>();
@@ -91,29 +95,81 @@ function reserve(slot: Slot, n: number): Uint8Array {
   return new Uint8Array(slot.sab, 0, n);
 }
 
-/** How a buffer argument travels: its length (the bytes go through the handle's SAB) or, for aio, its own shared memory. */
-function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): {
-  wire: unknown; view?: Uint8Array; copy?: { to: Uint8Array; from: Uint8Array }; staging?: SharedArrayBuffer;
-} {
+interface Marshalled {
+  wire: unknown;
+  /** What spans of shared memory in callback events map onto. */
+  view?: Uint8Array;
+  staged?: Staged;
+  /** The caller's own shared memory, used in place: nothing to copy back. */
+  inPlace?: true;
+}
+
+/**
+ * How a buffer argument travels: the caller's own shared memory in place
+ * (no copy at all); else, for a blocking call, its length (the bytes go
+ * through the handle's SAB), and for aio a staging copy that outlives the call.
+ */
+function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean): Marshalled {
   if (!(user instanceof Uint8Array)) return { wire: user == null ? null : typeof user };
   if (user.byteLength > MAX_REQUEST_SIZE) return { wire: user.byteLength }; // refused by size; never sent
+  if (user.buffer instanceof SharedArrayBuffer) {
+    return { wire: shared(user as Uint8Array<SharedArrayBuffer>), view: new Uint8Array(user.buffer), inPlace: true };
+  }
   if (!persist) {
     const shared = reserve(slot, user.byteLength);
     if (!out) shared.set(user);
     return { wire: user.byteLength, view: user };
   }
-  // An aio buffer must outlive the call: the caller's own shared memory, or a copy.
-  if (user.buffer instanceof SharedArrayBuffer) {
-    return { wire: { sab: user.buffer, offset: user.byteOffset, length: user.byteLength }, view: new Uint8Array(user.buffer) };
-  }
-  // A write's staging copy is overwritten whole, so it comes from the pool (shared-pool.ts says why not a read's).
-  const staging = new Uint8Array(out ? new SharedArrayBuffer(user.byteLength) : takeShared(user.byteLength, false));
-  if (!out) staging.set(user);
-  return {
-    wire: { sab: staging.buffer, offset: 0, length: user.byteLength },
-    view: staging,
-    ...(out ? { copy: { to: user, from: staging } } : { staging: staging.buffer as SharedArrayBuffer }),
-  };
+  const from = takeStaging(user.byteLength);
+  if (!out) from.set(user);
+  return { wire: shared(from), view: from, staged: out ? { to: user, from } : { from } };
+}
+
+const shared = (view: Uint8Array<SharedArrayBuffer>): Shared => [bufferId(view.buffer), view.byteOffset, view.byteLength];
+
+/** The aio calls a caller may issue by queueing them, and whether they write. */
+const QUEUEABLE: Partial<Record<CallName, boolean>> = { aioPread: false, aioPwrite: true };
+
+/**
+ * aio_pread and aio_pwrite without waiting for the worker: when the facts
+ * of the handle's last reply show that the Connection's checks would pass
+ * (connected, in bounds, aligned, no flags), the command goes into the
+ * shared queue under the cookie the worker will give it, and the call
+ * returns that cookie at once; the worker issues it before anything the
+ * caller asks later. Undefined when it cannot be queued: the call crosses.
+ */
+function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined {
+  const facts = slot.queue;
+  if (!facts || args.length > 4) return undefined;
+  const [buf, offset, completion, flags] = args;
+  if (!(buf instanceof Uint8Array) || (flags !== undefined && flags !== 0)) return undefined;
+  if (completion != null && typeof completion !== "function") return undefined;
+  const at = typeof offset === "bigint" && offset <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(offset) : offset;
+  const n = buf.byteLength;
+  const [cookie, size, align, payload, writable] = facts;
+  if (typeof at !== "number" || !Number.isInteger(at) || at < 0 || n === 0 || n > MAX_REQUEST_SIZE || at + n > size) return undefined;
+  if (align > 1 && (at % align !== 0 || n % align !== 0)) return undefined;
+  if (write && (!writable || n > payload)) return undefined;
+  const place = queueSlot();
+  if (place < 0) return undefined;
+  const own = buf.buffer instanceof SharedArrayBuffer;
+  const from = own ? (buf as Uint8Array<SharedArrayBuffer>) : takeStaging(n);
+  const staged: Staged | undefined = own ? undefined : write ? { from } : { to: buf, from };
+  if (write && !own) from.set(buf);
+  const ids = typeof completion === "function" ? [slot.callbacks.hold(completion as never, "completion")] : [];
+  const q = queueArray();
+  q[place + Queued.HANDLE] = slot.id;
+  q[place + Queued.CALL] = callNumber.get(write ? "aioPwrite" : "aioPread")!;
+  q[place + Queued.COOKIE] = cookie;
+  q[place + Queued.OFFSET] = at;
+  q[place + Queued.BUFFER] = bufferId(from.buffer);
+  q[place + Queued.AT] = from.byteOffset;
+  q[place + Queued.LENGTH] = n;
+  q[place + Queued.COMPLETION] = ids[0] ?? 0;
+  queued();
+  facts[0] = cookie + 1;
+  slot.callbacks.adopt(cookie, ids, staged);
+  return BigInt(cookie);
 }
 
 /**
@@ -131,6 +187,7 @@ function method(name: CallName, call: Call) {
   const out = bytes >= 0 && isOut(all[bytes]!);
   const persist = bytes >= 0 && isPersist(all[bytes]!);
   const closures = all.flatMap((a, i) => (a.kind === "closure" ? [{ i, shape: a.shape }] : []));
+  const queueable = QUEUEABLE[name];
 
   return function (this: Handle, ...args: unknown[]): unknown {
     const slot = slots.get(this);
@@ -139,6 +196,10 @@ function method(name: CallName, call: Call) {
       // Its worker died: the handle is DEAD, as libnbd's after a fatal error.
       if (name.startsWith("aioIs")) return name === "aioIsDead" ? 1 : 0;
       return fail(call, workerDied.format(context), workerDied.errno);
+    }
+    if (queueable !== undefined) {
+      const cookie = queue(slot, queueable, args);
+      if (cookie !== undefined) return cookie;
     }
     const extra: Extra = {};
     for (let i = 0; i < args.length && i < all.length; i++) {
@@ -167,19 +228,22 @@ function method(name: CallName, call: Call) {
     if (reply instanceof Error) {
       if (extra.sab) slot.sabChanged = true;
       slot.callbacks.drop(ids);
+      if (buffer?.staged) giveStaging(buffer.staged.from);
       return fail(call, `${context}: ${reply.message}`, bridgeErrno(reply));
     }
+    slot.queue = reply.queue;
     if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
-      if (reply.errno === undefined || reply.events) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
-      else if (reply.init) user.fill(0);
+      if (reply.errno === undefined || reply.events) {
+        if (!buffer?.inPlace) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
+      } else if (reply.init) zero(user);
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
-    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.copy, buffer?.staging);
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.staged);
     else {
-      if (buffer?.staging) giveShared(buffer.staging); // a refused aio command: the worker kept nothing
-      if (persist && out && reply.init && user instanceof Uint8Array) user.fill(0); // a refused aio read
+      if (buffer?.staged) giveStaging(buffer.staged.from);
+      if (persist && out && reply.init && user instanceof Uint8Array) zero(user); // a refused aio read
     }
     const replayed = slot.callbacks.replay(reply.events);
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);

@@ -125,7 +125,7 @@ h.close();
   assert.is(out.name, "x", "the worker still serves its handles");
 });
 
-test("a call longer than the worker's answer slice is resumed, not mistaken for a dead worker", () => {
+test("a call longer than the stall bound is not mistaken for a dead worker (the worker's heartbeat)", () => {
   const slow = scratchPath("slow.mjs");
   writeFileSync(slow, `
 import { create, getError } from "${dist}index.js";
@@ -136,7 +136,7 @@ const r = h.pread(new Uint8Array(512), 0);
 console.log(JSON.stringify({ r, err: getError(), ms: Date.now() - t, ready: h.aioIsReady() }));
 h.close();
 `);
-  // A stall bound below the call's length: only the slices keep the worker alive.
+  // A stall bound below the call's length: only the heartbeat keeps the worker alive.
   const r = spawnSync(process.execPath, [slow], {
     encoding: "utf8", timeout: 60_000, env: { ...process.env, NBD_TS_WORKER_STALL_MS: "1000" },
   });

@@ -1,5 +1,11 @@
-/** The worker thread's entry: every handle's client lives here. */
-import { runAsWorker } from "synckit";
-import { dispatch } from "../src/dispatch.js";
+/**
+ * The worker thread's entry, loaded by the bridge's bootstrap (see
+ * channel.ts), which has already arranged for the worker's end to be
+ * reported: every handle's client lives here.
+ */
+import type { MessagePort } from "node:worker_threads";
+import { serve } from "../src/serve.js";
 
-runAsWorker(dispatch);
+export function run({ sab, port, registry }: { sab: SharedArrayBuffer; port: MessagePort; registry: MessagePort }): void {
+  serve(sab, port, registry);
+}

@@ -14,7 +14,7 @@ import { API, type CallName } from "./table.js";
 import { cName, type Arg, type Call, type Ret, type State } from "./types.js";
 
 /** A callback that records its calls for the caller's thread (which holds the real one). */
-function recorder(conn: Connection, id: number) {
+export function recorder(conn: Connection, id: number) {
   const fn = (...args: unknown[]): number => {
     conn.emit({ id, args: args.map((a) => (a instanceof Uint8Array ? span(a) : a)) });
     return 0;
@@ -142,35 +142,58 @@ function checkState(conn: Connection, call: Call): void {
 const entries = new Map(Object.entries(API).map(([name, call]: [string, Call]) =>
   [name, { call, context: cName(name, call), all: [...call.args, ...(call.optargs ?? [])] }]));
 
-export async function invoke(
+/**
+ * Runs a call: its outcome at once when the implementation returns at once
+ * (a setting, a query, an aio command), else a Promise of it (a call that
+ * waits for the server). No async function: a blocking call's reply is
+ * built in the same turn of the event loop as the server's answer.
+ */
+export function invoke(
   conn: Connection, name: CallName, args: readonly unknown[], env: NodeJS.ProcessEnv = process.env,
-): Promise<Outcome> {
-  const { call, context, all } = entries.get(name)!;
+): Outcome | Promise<Outcome> {
+  const entry = entries.get(name)!;
+  const { call, context, all } = entry;
   if (conn.debug) conn.log(context, `enter:${trace(call, args)}`);
-  // Only a call that failed or waited on the server has seen the connection
-  // end; one that answered at once (a query, an aio call) runs no state
-  // machine in libnbd, and the next poll still reports the end it missed.
-  let seen = true;
+  let result: unknown;
   try {
     checkState(conn, call);
     const values = all.map((arg, i) => check(arg, args[i], conn, i >= call.args.length));
     if (call.spawns) values.push(env);
     const impl = conn[name] as (...a: unknown[]) => unknown;
-    const result = impl.apply(conn, values);
-    seen = result instanceof Promise;
-    const ret = success(call.ret, await withTimeout(conn, result));
-    // A string that the caller owns is quoted, a static one is not (libnbd's RString, RStaticString).
-    if (conn.debug) conn.log(context, `leave: ret=${call.ret === "string" ? `"${String(ret)}"` : String(ret)}`);
-    return withEvents(conn, { ret });
+    result = withTimeout(conn, impl.apply(conn, values));
   } catch (e) {
-    seen = true;
-    const err = asNbdError(e, errnoOf(e, errno.EIO));
-    const msg = err.format(context);
-    if (conn.debug) conn.log(context, `leave: error="${msg}"`);
-    return withEvents(conn, { ret: errorValue(call.ret), errno: err.errno, msg });
-  } finally {
-    if (seen && name !== "poll" && name !== "poll2") conn.endSeen();
+    return failed(conn, name, entry, e);
   }
+  if (result instanceof Promise) return result.then((v) => succeeded(conn, name, entry, v, true), (e) => failed(conn, name, entry, e));
+  return succeeded(conn, name, entry, result, false);
+}
+
+type Entry = { call: Call; context: string };
+
+function succeeded(conn: Connection, name: CallName, { call, context }: Entry, value: unknown, waited: boolean): Outcome {
+  const ret = success(call.ret, value);
+  // A string that the caller owns is quoted, a static one is not (libnbd's RString, RStaticString).
+  if (conn.debug) conn.log(context, `leave: ret=${call.ret === "string" ? `"${String(ret)}"` : String(ret)}`);
+  return ended(conn, name, { ret }, waited);
+}
+
+function failed(conn: Connection, name: CallName, { call, context }: Entry, e: unknown): Outcome {
+  const err = asNbdError(e, errnoOf(e, errno.EIO));
+  const msg = err.format(context);
+  if (conn.debug) conn.log(context, `leave: error="${msg}"`);
+  return ended(conn, name, { ret: errorValue(call.ret), errno: err.errno, msg }, true);
+}
+
+/**
+ * The call has returned. Only a call that failed or waited on the server has
+ * seen the connection end; one that answered at once (a query, an aio call)
+ * runs no state machine in libnbd, and the next poll still reports the end it
+ * missed. Poll reports it itself.
+ */
+function ended(conn: Connection, name: CallName, out: Outcome, seen: boolean): Outcome {
+  withEvents(conn, out);
+  if (seen && name !== "poll" && name !== "poll2") conn.endSeen();
+  return out;
 }
 
 /**

@@ -23,6 +23,11 @@ export interface Command {
   serverMessage?: string;
   /** Bytes of a read covered so far by data and holes. */
   seen: number;
+  /**
+   * With pread_initialize, the spans of a read's buffer that data and holes
+   * covered ([start, end) pairs): the rest is zeroed when the read ends.
+   */
+  filled?: number[] | undefined;
   /** pread_structured's chunk callback, called per data, hole and error chunk. */
   chunk?: Callback | undefined;
   /** block_status's extent callback, and whether it takes 64-bit entries. */

@@ -10,10 +10,24 @@ import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../pro
 import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
 import { type Callback, type Command, commandName, finalError } from "./command.js";
 import { NbdError } from "./error.js";
+import { zeroGaps } from "./zero.js";
 import { recorders } from "./events.js";
 import { Negotiation } from "./negotiation.js";
 
 type Callbacks = Pick<Command, "chunk" | "extent" | "completion">;
+
+/** See Commands.queueable. */
+export interface Queueable {
+  /** The cookie the next command gets. */
+  cookie: number;
+  size: bigint;
+  /** Offsets and counts must be multiples of this (0: any). */
+  align: number;
+  /** The largest write payload. */
+  payload: number;
+  /** Whether a write with no flags would be accepted. */
+  write: boolean;
+}
 
 export class Commands extends Negotiation {
   /** aio commands whose reply is complete, oldest first, until aio_command_completed retires them. */
@@ -233,12 +247,9 @@ export class Commands extends Negotiation {
       this.die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
       throw new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`);
     }
-    // Reads start from zeroes, so that a server that sends too little never
-    // leaves stale bytes behind (libnbd's pread_initialize).
-    if (type === Cmd.READ && this.preadInitialize) buf!.fill(0);
     const cmd: Command = {
       cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
-      settle: (c, fatal) => this.#finished(c, fatal),
+      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
     };
     this.inflight.set(cmd.cookie, cmd);
     this.#sendRequest(cmd);
@@ -267,6 +278,7 @@ export class Commands extends Negotiation {
    */
   #finished(cmd: Command, fatal?: NbdError): void {
     this.inflight.delete(cmd.cookie);
+    if (cmd.filled) zeroGaps(cmd.buf!, cmd.filled);
     if (cmd.waiter) return cmd.waiter(fatal);
     if (!cmd.aio) return;
     this.emit({ id: 0, args: [cmd.cookie] }); // tells the caller's thread its buffer is ready
@@ -285,6 +297,17 @@ export class Commands extends Negotiation {
       this.done.push(cmd);
     }
     this.progress();
+  }
+
+  /**
+   * libnbd's pread_initialize: no byte of a read's buffer is left stale,
+   * whatever the server sends. Rather than zero the buffer first, as libnbd
+   * does, the read records what it covered and the rest is zeroed when it
+   * ends (zeroGaps): the same outcome, and nothing to do for a read that
+   * the server answered in full.
+   */
+  #initialize(type: Cmd): number[] | undefined {
+    return type === Cmd.READ && this.preadInitialize ? [] : undefined;
   }
 
   #commandError(cmd: Command): NbdError {
@@ -359,6 +382,43 @@ export class Commands extends Negotiation {
   statsChunksSent(): bigint { return BigInt(this.stats.chunksSent); }
   statsBytesReceived(): bigint { return BigInt(this.stats.bytesReceived); }
   statsChunksReceived(): bigint { return BigInt(this.stats.chunksReceived); }
+
+  // ---- aio commands issued from the caller's thread -----------------------------------
+
+  /**
+   * What the caller's thread needs to issue aio reads and writes without
+   * waiting for this connection's answer (handle.ts): the cookie the next
+   * command will get, and the bounds within which #command's checks cannot
+   * refuse one with no flags. Undefined when they might refuse it for
+   * another reason (not READY, a disconnect requested, the server gone) or
+   * when each call must be traced (debug).
+   */
+  queueable(): Queueable | undefined {
+    if (this.phase !== "READY" || this.disconnectRequested || this.peerGone || this.debug) return undefined;
+    const info = this.neg!.export;
+    const write = !(this.strict & STRICT_COMMANDS) ||
+      (!this.isReadOnly() && (!!(this.strict & STRICT_AUTO_FLAG) || !this.#extended()));
+    return { cookie: this.nextCookie, size: info.size, align: info.blockMinimum, payload: info.payloadMaximum, write };
+  }
+
+  /**
+   * A command the caller's thread queued while this connection could take
+   * it, reached only once it could not (it ended meanwhile; libnbd would
+   * have learned that later, in poll): it takes its cookie and completes at
+   * once with `err`, as the commands in flight did.
+   */
+  abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
+    this.nextCookie = Math.max(this.nextCookie, cookie + 1);
+    const cmd: Command = {
+      cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,
+      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
+    };
+    this.#finished(cmd);
+  }
+
+  /** Requests sent between cork() and uncork() go out together, in one write. */
+  cork(): void { this.transport?.socket.cork(); }
+  uncork(): void { this.transport?.socket.uncork(); }
 
   // ---- aio: completion and the event loop ------------------------------------------
 

@@ -18,6 +18,7 @@ import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants
 import type { Callback, Command } from "./command.js";
 import type { Stats } from "./handshake.js";
 import { NbdError } from "./error.js";
+import { zero } from "./zero.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
@@ -44,6 +45,9 @@ const enum S {
   PAYLOAD,     // gathering a whole chunk payload
   SKIP,        // discarding a chunk's payload (libnbd's resync)
 }
+
+/** Data shorter than this is read into the socket's own buffer with what follows it, then copied: one read, not two. */
+const DIRECT_READ_MIN = 16 * 1024;
 
 /** A chunk longer than this cannot be valid: the largest read plus its offset. */
 const MAX_CHUNK = MAX_REQUEST_SIZE + OFFSET_DATA_HEADER;
@@ -121,6 +125,17 @@ export class ReplyParser {
     }
   }
 
+  /**
+   * Where the socket should put what it reads next: while a read's data is
+   * due, the rest of its place in the command's buffer, so the kernel
+   * copies it there and nothing else does (and a read stops at its end,
+   * never taking the next reply's header); undefined otherwise.
+   */
+  readTarget(): Uint8Array | undefined {
+    if (this.#state !== S.DATA || !this.#target || this.#left < DIRECT_READ_MIN || this.#held.length) return undefined;
+    return this.#target.subarray(this.#at, this.#at + this.#left);
+  }
+
   /** A reply is now awaited: parse what was held back. */
   resume(): void {
     const held = this.#held;
@@ -141,7 +156,11 @@ export class ReplyParser {
       }
       case S.DATA: {
         const take = Math.min(this.#left, avail);
-        this.#target?.set(chunk.subarray(p, p + take), this.#at);
+        const target = this.#target;
+        // Data the socket read straight into its place (see readTarget) needs no copy.
+        if (target && (chunk.buffer !== target.buffer || chunk.byteOffset + p !== target.byteOffset + this.#at)) {
+          target.set(chunk.subarray(p, p + take), this.#at);
+        }
         this.#at += take;
         this.#left -= take;
         if (this.#left === 0) this.#endOfData();
@@ -266,6 +285,7 @@ export class ReplyParser {
 
   #endOfData(): void {
     const cmd = this.#cmd!;
+    cmd.filled?.push(this.#dataAt, this.#at);
     if (cmd.chunk && this.#target) {
       callback(cmd, cmd.chunk, [this.#target.subarray(this.#dataAt, this.#at), this.#dataOffset, READ_DATA]);
     }
@@ -288,7 +308,8 @@ export class ReplyParser {
         if (cmd.type !== Cmd.READ) throw wrongCommand("offset-hole", cmd);
         const hole = decodeOffsetHole(payload);
         const at = this.#within(hole.offset, hole.length);
-        cmd.buf?.fill(0, at, at + hole.length);
+        if (cmd.buf) zero(cmd.buf, at, at + hole.length);
+        cmd.filled?.push(at, at + hole.length);
         cmd.seen += hole.length;
         if (cmd.chunk && cmd.buf) callback(cmd, cmd.chunk, [cmd.buf.subarray(at, at + hole.length), hole.offset, READ_HOLE]);
         break;

@@ -40,7 +40,7 @@ const describe: Record<StateName, string> = {
   DEAD: "Connection is in an unrecoverable error state, can only be closed",
 };
 
-const READ_BUFFER_SIZE = 256 * 1024;
+const READ_BUFFER_SIZE = 16 * 1024;
 
 export class Session extends Settings {
   // ---- state, and what the server said ----------------------------------------
@@ -85,8 +85,10 @@ export class Session extends Settings {
   /** Plaintext protocol bytes and magic-delimited chunks, each way (libnbd 1.16's stats). */
   readonly stats: Stats = { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 };
 
+  readonly #readBuffer = new Uint8Array(READ_BUFFER_SIZE);
+  /** Where each read goes: a read's data straight into its destination, anything else into one reused buffer. */
   protected readonly onread = {
-    buffer: new Uint8Array(READ_BUFFER_SIZE),
+    buffer: (): Uint8Array => this.parser?.readTarget() ?? this.#readBuffer,
     callback: (n: number, buf: Uint8Array): boolean => {
       this.stats.bytesReceived += n;
       const chunk = buf.subarray(0, n);
