@@ -86,11 +86,11 @@ function latency(): [number, number] {
   return [times[N >> 1]!, cpu];
 }
 
-/** MB/s of sync pread or pwrite of SEQ_SIZE, in order over the whole export. */
-function sequential(write: boolean): number {
+/** MB/s of sync pread or pwrite of SEQ_SIZE, in order over the whole export (`shared`: from and into shared memory). */
+function sequential(write: boolean, shared = false): number {
   const h = connect();
   const size = Number(h.getSize());
-  const buf = new Uint8Array(SEQ_SIZE).map((_, i) => i * 7 + 1);
+  const buf = new Uint8Array(shared ? new SharedArrayBuffer(SEQ_SIZE) : new ArrayBuffer(SEQ_SIZE)).map((_, i) => i * 7 + 1);
   const t0 = process.hrtime.bigint();
   for (let offset = 0; offset < size; offset += SEQ_SIZE) {
     must(write ? h.pwrite(buf, offset) : h.pread(buf, offset), -1, write ? "pwrite" : "pread");
@@ -196,8 +196,9 @@ interface Row {
 
 const rows: Record<string, Row> = {
   lat: { figure: "lat", what: `${N} sync 4 KiB pread, random offsets: median µs`, goal: "≤ 1.0×", c: [], ts: [] },
-  latCpu: { figure: "lat", what: "CPU µs per call (whole process)", goal: "shown", c: [], ts: [] },
+  latCpu: { figure: "lat", what: "CPU µs per call (whole process)", goal: "(shown)", c: [], ts: [] },
   seq: { figure: "seq", what: "sync 2 MiB pread over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
+  seqShared: { figure: "seq", what: "the same into a SharedArrayBuffer (no copy): MB/s", goal: "(shown)", c: [], ts: [], digits: 0 },
   write: { figure: "write", what: "sync 2 MiB pwrite over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
   aio: { figure: "aio", what: "aioPread 256 KiB × 16 + poll over 1 GiB: MB/s", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   promise: { figure: "promise", what: "the same, Promise API: MB/s (vs libnbd aio)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
@@ -234,7 +235,11 @@ try {
       add("lat", cLat!, tsLat);
       add("latCpu", cCpu!, tsCpu);
     }
-    if (wanted("seq")) add("seq", numbers(bin.seq, socket, "read", SEQ_SIZE)[0]!, sequential(false));
+    if (wanted("seq")) {
+      const [c] = numbers(bin.seq, socket, "read", SEQ_SIZE);
+      add("seq", c!, sequential(false));
+      add("seqShared", c!, sequential(false, true));
+    }
     if (wanted("write")) add("write", numbers(bin.seq, socket, "write", SEQ_SIZE)[0]!, sequential(true));
     if (wanted("aio") || wanted("promise")) {
       const [cAio] = numbers(bin.aio, socket, AIO_REQ, AIO_DEPTH);

@@ -180,8 +180,11 @@ export function issueQueued(q: Float64Array, first: number, end: number): void {
       const sab = buffers.get(q[at + Queued.BUFFER]!);
       if (!sab) throw new Error("nbd-ts: a queued command's buffer is unknown to the worker");
       buf = new Uint8Array(sab, q[at + Queued.AT]!, q[at + Queued.LENGTH]!);
-      const ret = write ? conn.aioPwrite(buf, offset, completion, 0) : conn.aioPread(buf, offset, completion, 0);
-      if (Number(ret) !== cookie) throw new Error(`nbd-ts: queued command got cookie ${ret}, not ${cookie}`);
+      // Only under the cookie the caller gave out (a connection that ended since refuses it below).
+      const next = conn.queueable()?.cookie;
+      if (next !== undefined && next !== cookie) throw new Error(`nbd-ts: a queued command's cookie ${cookie} is not the next (${next})`);
+      if (write) conn.aioPwrite(buf, offset, completion, 0);
+      else conn.aioPread(buf, offset, completion, 0);
     } catch (e) {
       conn.abandonQueued(write ? Cmd.WRITE : Cmd.READ, cookie, offset, buf, completion, asNbdError(e, errno.EIO).errno || errno.ENOTCONN);
     }

@@ -226,6 +226,7 @@ function method(name: CallName, call: Call) {
 
     const reply = cross(slot.id, name, args, extra);
     if (reply instanceof Error) {
+      slot.queue = undefined; // the call may yet run (a bridge timeout): its next reply says what holds
       if (extra.sab) slot.sabChanged = true;
       slot.callbacks.drop(ids);
       if (buffer?.staged) giveStaging(buffer.staged.from);

@@ -1,16 +1,18 @@
 /**
  * The worker's side of the bridge: it watches the shared BELL word, issues
  * the aio commands queued since it last looked, runs each call
- * (dispatch.ts) and writes the reply into shared memory,
- * then sets REPLY and notifies, from wherever the call finished (for a
- * read, the socket's read callback). After a reply it keeps its event loop
- * turning for a moment (HOT_US), so that the caller's next request, which
- * usually follows within microseconds, is seen without the worker having
- * to be woken; after that it sleeps in Atomics.waitAsync until notified.
+ * (dispatch.ts) and writes the reply into shared memory, then sets REPLY
+ * (and notifies, if the caller sleeps) from wherever the call finished: for
+ * a read, the socket's read callback, with no promise chain of its own in
+ * between. After a reply it keeps its event loop turning for a moment
+ * (HOT_US), so that the caller's next request, which usually follows within
+ * microseconds, is seen without the worker having to be woken; after that
+ * it sleeps in Atomics.waitAsync until rung.
  */
 import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import {
-  type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments, queueFields, words,
+  type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments,
+  queueFields, words,
 } from "./channel.js";
 import { type Reply, dispatch, forgetTaken, issueQueued, register } from "./dispatch.js";
 import { errno } from "./errno.js";
@@ -19,7 +21,11 @@ import { API, type CallName } from "./api/table.js";
 import type { Call } from "./api/types.js";
 import { NoRoom, Wire } from "./wire.js";
 
-/** How long the worker looks for the next request before it sleeps (µs). */
+/**
+ * How long the worker looks for the next request before it sleeps (µs).
+ * Measured (bench lat, 2-core VM): 0 costs a wake-up per call (76 µs a
+ * call against 21); 20 to 1000 all reach the floor; 50 used the least CPU.
+ */
 const HOT_US = Number(process.env.NBD_TS_WORKER_HOT_US ?? 50);
 
 export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: MessagePort): void {

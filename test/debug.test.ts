@@ -3,8 +3,8 @@
  * debug.c, debug-environment.c, python 600-debug-callback and
  * 140-explicit-close). Where libnbd 1.14 (python3-libnbd) can say what the
  * messages are for the same calls, on stderr or through a callback, its
- * words are the expected ones. Child scripts (never `node -e`: synckit
- * hangs there) import the built package by absolute path.
+ * words are the expected ones. Child scripts import the built package by
+ * absolute path.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";

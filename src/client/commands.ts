@@ -408,6 +408,7 @@ export class Commands extends Negotiation {
    * once with `err`, as the commands in flight did.
    */
   abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
+    if (this.inflight.has(cookie) || this.done.some((c) => c.cookie === cookie)) return; // another command's: never ours to end
     this.nextCookie = Math.max(this.nextCookie, cookie + 1);
     const cmd: Command = {
       cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,

@@ -1,8 +1,8 @@
 /**
  * The worker's writes to fd 2 (debug lines, a server's stderr). They go
- * straight to the fd, since the worker's process.stderr is buffered by
- * synckit until a call returns. Node makes a stdio pipe non-blocking, so a
- * reader that falls behind means EAGAIN, which used to throw and kill the
+ * straight to the fd, since the worker's process.stderr goes through the
+ * main thread's event loop, which a blocking call holds. Node makes a stdio
+ * pipe non-blocking, so a reader that falls behind means EAGAIN, which used to throw and kill the
  * worker. Now a write waits for the reader, as libnbd's fprintf would, but
  * for BLOCK_MS at most (a worker silent for seconds counts as dead); after
  * that the rest is queued and retried in the background, in order.
