@@ -18,7 +18,7 @@ import { errno } from "../src/errno.js";
 import { fakeServer, patternAt } from "./fake-server.js";
 import { pattern, run, scratchPath, timed } from "./helpers.js";
 import { NBDKIT, fails, newHandle } from "./handles.js";
-import { camel, python } from "./libnbd.js";
+import { camel, PY_RES, python } from "./libnbd.js";
 
 const BASE = CONTEXT_BASE_ALLOCATION;
 /** Exports "a" and "b" (described), no other name (not even ""); NBD_OPT_LIST per `list`. */
@@ -57,12 +57,7 @@ h = nbd.NBD()
 for s in settings: getattr(h, s[0])(*s[1:])
 h.connect_command(argv)
 log = []
-def res(f):
-    try:
-        r = f()
-        return {"ok": 0 if r is None else int(r) if isinstance(r, bool) else r}
-    except nbd.Error as e:
-        return {"err": e.string, "errno": e.errnum}
+${PY_RES}
 heard = []
 def done(err):
     heard.append(["done", err.value])

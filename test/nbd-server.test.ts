@@ -17,7 +17,7 @@ import { getErrno, getError, type Handle } from "nbd-ts";
 import { errno } from "../src/errno.js";
 import { alive, run, waitFor } from "./helpers.js";
 import { fails, newHandle } from "./handles.js";
-import { python } from "./libnbd.js";
+import { PY_RES, python } from "./libnbd.js";
 
 const MiB = 1024 * 1024;
 
@@ -118,12 +118,7 @@ import json, nbd
 h = nbd.NBD()
 h.set_opt_mode(True)
 h.connect_unix(${JSON.stringify(sock)})
-def res(f):
-    try:
-        r = f()
-        return {"ok": 0 if r is None else int(r) if isinstance(r, bool) else r}
-    except nbd.Error as e:
-        return {"err": e.string, "errno": e.errnum}
+${PY_RES}
 out = []
 for name in ["rw", "ro", "nope"]:
     h.set_export_name(name)
