@@ -86,7 +86,8 @@ function method(name: CallName, call: Call) {
 }
 
 for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
-  Object.defineProperty(AsyncHandle.prototype, name, { value: method(name, call), writable: true, configurable: true });
+  const value = Object.defineProperty(method(name, call), "name", { value: name });
+  Object.defineProperty(AsyncHandle.prototype, name, { value, writable: true, configurable: true });
 }
 
 /** A new handle (nbd_create). */

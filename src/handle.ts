@@ -261,7 +261,9 @@ function method(name: CallName, call: Call) {
 }
 
 for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
-  Object.defineProperty(Handle.prototype, name, { value: method(name, call), writable: true, configurable: true });
+  // Named, so that a REPL or a stack trace shows h.pread as pread.
+  const value = Object.defineProperty(method(name, call), "name", { value: name });
+  Object.defineProperty(Handle.prototype, name, { value, writable: true, configurable: true });
 }
 
 /** nbd_create: a new handle, or null (with the reason in getError()) if the worker cannot start. */
