@@ -74,8 +74,9 @@ function method(name: CallName, call: Call) {
   return async function (this: AsyncHandle, ...args: unknown[]): Promise<unknown> {
     const conn = connections.get(this);
     if (!conn) throw new NbdError(closed.format(cName(name, call)), closed.errno);
+    // Tracked before it runs: a process that exits while the handshake runs still stops the server.
+    if (call.spawns) track(this, () => conn.cleanup);
     const result = await invoke(conn, name, args);
-    if (call.spawns) track(this, conn.cleanup);
     if (result.errno === undefined) return result.ret;
     // As in C: with pread_initialize, a failed read leaves zeroes, not stale bytes.
     const buf = args[out];
@@ -85,7 +86,8 @@ function method(name: CallName, call: Call) {
 }
 
 for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
-  Object.defineProperty(AsyncHandle.prototype, name, { value: method(name, call), writable: true, configurable: true });
+  const value = Object.defineProperty(method(name, call), "name", { value: name });
+  Object.defineProperty(AsyncHandle.prototype, name, { value, writable: true, configurable: true });
 }
 
 /** A new handle (nbd_create). */

@@ -172,7 +172,8 @@ export function cross(id: number, name: string, args: unknown[], extra: Extra): 
     const ch = (channel ??= start());
     const n = ++seq;
     bridgeStats.crossed++;
-    const kind = callNumber.get(name) ?? 0;
+    const kind = callNumber.get(name);
+    if (kind === undefined) return new Error(`nbd-ts: no call ${name} in the worker`);
     const call = [id, kind, args, extra];
     ch.request.rewind();
     try {
@@ -230,7 +231,7 @@ function wait(ch: Channel, n: number, kind: number): void {
   for (;;) {
     const seen = Atomics.load(h, Word.REPLY);
     if (seen === n) return;
-    if (Atomics.load(h, Word.DEAD)) throw new WorkerLost(deathReason(ch.sab));
+    if (Atomics.load(h, Word.DEAD)) throw new WorkerLost(`the worker thread died: ${deathReason(ch.sab)}`);
     if (now >= deadline) throw new BridgeTimeout(`no answer from the worker thread within ${BRIDGE_TIMEOUT_MS} ms`);
     const b = Atomics.load(h, Word.BEAT);
     if (b !== beat) {

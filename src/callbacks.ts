@@ -4,12 +4,13 @@
  * worker records its calls, and they are replayed here in order when a call
  * returns: those of a blocking call at its end, an aio command's as later
  * calls (poll, ...) bring them. What they return travels back: a completion
- * callback's 1 retires its command, a chunk or extent callback's -1 fails it.
+ * callback's 1 retires its command, a chunk or extent callback's -1 fails it,
+ * and so does a completion callback's -1 with an errno in its box.
  */
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
 import { type Event, isSpan } from "./client/events.js";
 import { errno } from "./errno.js";
-import { giveStaging } from "./staging.js";
+import { giveStaging } from "./shared-pool.js";
 
 interface Held {
   fn: (...args: unknown[]) => unknown;
@@ -18,6 +19,8 @@ interface Held {
   view?: Uint8Array;
   /** The aio command it belongs to, once its cookie is known. */
   cookie?: number;
+  /** It outlives its call (keep): a later call that replays it is not its to fail. */
+  kept?: boolean;
 }
 
 /**
@@ -45,7 +48,8 @@ export interface Replayed {
 
 /**
  * Tells the worker what callbacks decided: [cookie, retire ? 1 : 0, errno].
- * A completion callback's return sends errno 0; a failed chunk or extent callback, its errno.
+ * A completion callback's return sends errno 0 (after its errno, if it
+ * returned -1 with one in its box); a failed chunk or extent callback, its errno.
  */
 export type Settlement = [number, number, number];
 
@@ -65,6 +69,10 @@ export class Callbacks {
   keep(name: string, ids: number[]): void {
     this.release(name);
     this.#kept.set(name, ids);
+    for (const id of ids) {
+      const held = this.#held.get(id);
+      if (held) held.kept = true;
+    }
   }
 
   release(name: string): void {
@@ -96,11 +104,9 @@ export class Callbacks {
     for (const ev of events ?? []) {
       if (ev.id === DONE) {
         const cookie = ev.args[0] as number;
+        // DONE comes before the completion callback's call: the data is in place when it runs.
         const staged = this.#aio.get(cookie)?.staged;
-        if (staged) {
-          staged.to?.set(staged.from);
-          giveStaging(staged.from);
-        }
+        staged?.to?.set(staged.from);
         done.push(cookie);
         continue;
       }
@@ -109,7 +115,10 @@ export class Callbacks {
     }
     for (const [cookie, err] of failed) this.settlements.push([cookie, 0, err]);
     for (const cookie of done) {
-      this.drop(this.#aio.get(cookie)?.ids ?? []);
+      const aio = this.#aio.get(cookie);
+      this.drop(aio?.ids ?? []);
+      // Its callbacks have seen the buffer (a chunk callback gets a view of it): now it is free.
+      if (aio?.staged) giveStaging(aio.staged.from);
       this.#aio.delete(cookie);
     }
     return result;
@@ -131,10 +140,14 @@ export class Callbacks {
       r = held.fn(...args);
     } catch (e) {
       r = -1;
-      // libnbd ignores what the debug callback returns: its throw fails nothing.
-      if (cookie === undefined && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
+      // libnbd ignores what the debug callback and an aio option's callbacks return: their throw fails nothing.
+      if (cookie === undefined && !held.kept && held.shape !== "debug") result.thrown ??= e instanceof Error ? e : new Error(String(e));
     }
-    if (held.shape === "completion" && cookie !== undefined) this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
+    if (held.shape === "completion" && cookie !== undefined) {
+      // libnbd: a completion callback's -1 with an errno in its box fails the command with it.
+      if (r === -1 && box?.value) this.settlements.push([cookie, 0, box.value]);
+      this.settlements.push([cookie, r === 1 ? 1 : 0, 0]);
+    }
     if (r !== -1 || !FAILS_ON_MINUS_ONE.has(held.shape)) return;
     const err = box?.value || errno.EPROTO;
     if (cookie === undefined) result.errno ??= err;

@@ -94,7 +94,7 @@ export const words = (sab: SharedArrayBuffer): Int32Array => new Int32Array(sab,
  * Calls go by number: the table's calls, then the bridge's own. Both
  * threads build this list from the same table, so the numbers agree.
  */
-export const CALLS: readonly string[] = ["create", "close", "__exit__", "__hang__", ...Object.keys(API)];
+export const CALLS: readonly string[] = ["create", "close", "__die__", ...Object.keys(API)];
 export const callNumber = new Map(CALLS.map((name, i) => [name, i]));
 
 /** How often a worker with a call in progress says it is alive, and how long the caller waits for a sign. */

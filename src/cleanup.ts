@@ -7,13 +7,15 @@
 import { rmSync } from "node:fs";
 
 export interface Leftover { pid?: number; dir?: string }
+/** What to stop, or how to find out at exit (a connect still running has not said yet). */
+type Source = Leftover | (() => Leftover | undefined);
 
-const leftovers = new Map<unknown, Leftover>();
+const leftovers = new Map<unknown, Source>();
 let hooked = false;
 
 /** Remember what `owner` started, until untrack(owner). */
-export function track(owner: unknown, leftover: Leftover | undefined): void {
-  if (!leftover || (leftover.pid === undefined && !leftover.dir)) return;
+export function track(owner: unknown, leftover: Source | undefined): void {
+  if (!leftover || (typeof leftover === "object" && leftover.pid === undefined && !leftover.dir)) return;
   leftovers.set(owner, leftover);
   if (hooked) return;
   hooked = true;
@@ -22,8 +24,9 @@ export function track(owner: unknown, leftover: Leftover | undefined): void {
 
 /** Stops what the matching owners started (by default: the worker's handles, known by their numeric ids). */
 export function stopAll(which: (owner: unknown) => boolean = (owner) => typeof owner === "number"): void {
-  for (const [owner, { pid, dir }] of leftovers) {
+  for (const [owner, source] of leftovers) {
     if (!which(owner)) continue;
+    const { pid, dir } = (typeof source === "function" ? source() : source) ?? {};
     try { if (pid !== undefined) process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
     if (dir) rmSync(dir, { recursive: true, force: true });
     leftovers.delete(owner);

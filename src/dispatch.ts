@@ -84,11 +84,31 @@ function lengthOnly(n: number): Uint8Array {
   return Object.defineProperty(new Uint8Array(0), "byteLength", { value: n });
 }
 
+/**
+ * Test-only ways for the worker to die while a call is in flight, `ms` from
+ * now, enabled by NBD_TS_TEST_HOOKS=1 (never otherwise): exit, an uncaught
+ * exception, running out of memory, or looping forever (wedged).
+ */
+function die(how: unknown, ms: unknown): void {
+  const kill: Record<string, () => void> = {
+    exit: () => process.exit(70),
+    throw: () => { throw new Error("nbd-ts test hook: uncaught exception in the worker"); },
+    oom: () => {
+      const hog: number[][] = [];
+      for (;;) hog.push(new Array(1 << 20).fill(1.5));
+    },
+    hang: () => { for (;;); },
+  };
+  const fn = kill[String(how)];
+  if (fn) setTimeout(fn, Number(ms) || 0);
+}
+
 /** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
 export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
-  // A worker that crashes or wedges on demand, for the tests of what that does (never otherwise).
-  if (name === "__exit__" && process.env.NBD_TS_TEST_HOOKS === "1") process.exit(70);
-  if (name === "__hang__" && process.env.NBD_TS_TEST_HOOKS === "1") for (;;);
+  if (name === "__die__" && process.env.NBD_TS_TEST_HOOKS === "1") {
+    die(args[0], args[1]);
+    return { ret: 0 };
+  }
   if (name === "create") {
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment

@@ -13,12 +13,12 @@ import { Callbacks, type Staged } from "./callbacks.js";
 import { bridgeErrno, bufferId, cross, queueArray, queueSlot, queued, workerGeneration } from "./bridge.js";
 import { Queued, callNumber } from "./channel.js";
 import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
-import { giveStaging, takeStaging } from "./staging.js";
 import { zero } from "./client/zero.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
 import { track, untrack } from "./cleanup.js";
+import { giveShared, giveStaging, takeShared, takeStaging } from "./shared-pool.js";
 
 interface Slot {
   readonly id: number;
@@ -62,6 +62,8 @@ export class Handle {
     const reply = cross(slot.id, "close", [], {});
     if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
     untrack(slot.id);
+    giveShared(slot.sab);
+    slot.sab = new SharedArrayBuffer(0);
   }
 
   /** Closes the handle, as close() does: `using h = create()` closes it at the end of the block. */
@@ -86,7 +88,8 @@ function reserve(slot: Slot, n: number): Uint8Array {
   if (n > slot.sab.byteLength) {
     let size = 64 * 1024;
     while (size < n) size *= 2;
-    slot.sab = new SharedArrayBuffer(size);
+    giveShared(slot.sab);
+    slot.sab = takeShared(size);
     slot.sabChanged = true;
   }
   return new Uint8Array(slot.sab, 0, n);
@@ -169,6 +172,14 @@ function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined 
   return BigInt(cookie);
 }
 
+/**
+ * A function or symbol where no callback goes cannot be cloned to the worker:
+ * it crosses as a stand-in that every argument check refuses, so that the
+ * state is still checked first and the message names the argument.
+ */
+const standIn = (v: unknown): unknown =>
+  typeof v === "function" || typeof v === "symbol" ? { notCloneable: typeof v } : v;
+
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
   const all = [...call.args, ...(call.optargs ?? [])];
@@ -191,6 +202,11 @@ function method(name: CallName, call: Call) {
       if (cookie !== undefined) return cookie;
     }
     const extra: Extra = {};
+    for (let i = 0; i < args.length && i < all.length; i++) {
+      const kind = all[i]!.kind;
+      if (kind === "closure" || i === bytes) continue;
+      args[i] = kind === "stringList" && Array.isArray(args[i]) ? (args[i] as unknown[]).map(standIn) : standIn(args[i]);
+    }
     const user = args[bytes];
     const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
     if (buffer) args[bytes] = buffer.wire;
@@ -245,7 +261,9 @@ function method(name: CallName, call: Call) {
 }
 
 for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
-  Object.defineProperty(Handle.prototype, name, { value: method(name, call), writable: true, configurable: true });
+  // Named, so that a REPL or a stack trace shows h.pread as pread.
+  const value = Object.defineProperty(method(name, call), "name", { value: name });
+  Object.defineProperty(Handle.prototype, name, { value, writable: true, configurable: true });
 }
 
 /** nbd_create: a new handle, or null (with the reason in getError()) if the worker cannot start. */

@@ -258,6 +258,46 @@ print(json.dumps(out))
   });
 });
 
+test("a completion callback that returns -1 with an errno in its box fails its command with that errno (as libnbd 1.14)", () => {
+  const h = nbdkit(["memory", "size=1M"]);
+  const fail = (err: number) => (error: { value: number }) => ((error.value = err), -1);
+  const r = cookie(h.aioPread(new Uint8Array(512), 0, fail(errno.ECONNABORTED)));
+  const w = cookie(h.aioPwrite(random(512), 0, fail(errno.ENOSPC)));
+  // -1 with the box left at 0 changes nothing.
+  const ok = cookie(h.aioPread(new Uint8Array(512), 512, () => -1));
+  drain(h);
+  fails(h.aioCommandCompleted(r), errno.ECONNABORTED, "nbd_aio_command_completed: read: command failed: Software caused connection abort");
+  fails(h.aioCommandCompleted(w), errno.ENOSPC, "nbd_aio_command_completed: write: command failed: No space left on device");
+  assert.is(h.aioCommandCompleted(ok), 1);
+  assert.is(h.aioIsReady(), 1, "the connection is unharmed");
+
+  const py = oracle<unknown[]>(`
+import json, nbd
+h = nbd.NBD()
+h.connect_command(${JSON.stringify([...NBDKIT, "memory", "size=1M"])})
+def fail(err):
+    def f(error):
+        error.value = err
+        return -1
+    return f
+c = [h.aio_pread(nbd.Buffer(512), 0, fail(${errno.ECONNABORTED})), h.aio_pwrite(b"x" * 512, 0, fail(${errno.ENOSPC})),
+     h.aio_pread(nbd.Buffer(512), 512, lambda error: -1)]
+while h.aio_in_flight() > 0: h.poll(-1)
+out = []
+for x in c:
+    try:
+        out.append(h.aio_command_completed(x))
+    except nbd.Error as e:
+        out.append([e.string, e.errnum])
+print(json.dumps(out))
+`);
+  assert.equal(py, [
+    ["nbd_aio_command_completed: read: command failed: Software caused connection abort", errno.ECONNABORTED],
+    ["nbd_aio_command_completed: write: command failed: No space left on device", errno.ENOSPC],
+    true,
+  ]);
+});
+
 test("a command whose callback retires it is never reported as completed, however soon it is asked", () => {
   const h = nbdkit(["memory", "size=1M"]);
   let calls = 0;

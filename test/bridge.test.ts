@@ -146,11 +146,13 @@ test("a wedged worker: the call fails within the stall bound, its handles are DE
     import { cross } from "bridge";
     const h = create();
     h.connectCommand(["nbdkit", "-s", "--exit-with-parent", "pattern", "size=1M"]);
+    const out = { hook: cross(0, "__die__", ["hang", 0], {}).ret };
     const t = Date.now();
-    const hang = cross(0, "__hang__", [], {});
-    const out = { hang: hang instanceof Error ? hang.message : hang, ms: Date.now() - t };
     out.pread = h.pread(new Uint8Array(8), 0);
+    out.ms = Date.now() - t;
     out.err = [getError(), getErrno()];
+    out.size = String(h.getSize());
+    out.deadErr = [getError(), getErrno()];
     out.dead = h.aioIsDead();
     h.close();
     const g = create();
@@ -161,10 +163,12 @@ test("a wedged worker: the call fails within the stall bound, its handles are DE
     g.close();
     console.log(JSON.stringify(out));
   `, { NBD_TS_TEST_HOOKS: "1", NBD_TS_WORKER_STALL_MS: "1000" });
-  assert.is(out.hang, "the worker thread did not answer for 1000 ms and was stopped");
-  assert.ok(out.ms >= 1000 && out.ms < 5000, `found after ${out.ms} ms`);
+  assert.is(out.hook, 0, "the hook is armed");
   assert.is(out.pread, -1);
-  assert.equal(out.err, ["nbd_pread: invalid state: DEAD: the worker thread that ran this handle died: Invalid argument", errno.EINVAL]);
+  assert.equal(out.err, ["nbd_pread: the worker thread did not answer for 1000 ms and was stopped", errno.EIO]);
+  assert.ok(out.ms >= 1000 && out.ms < 5000, `found after ${out.ms} ms`);
+  assert.is(out.size, "-1");
+  assert.equal(out.deadErr, ["nbd_get_size: invalid state: DEAD: the worker thread that ran this handle died: Invalid argument", errno.EINVAL]);
   assert.is(out.dead, 1);
   assert.is(out.connect, 0);
   assert.is(out.pread2, 0);
@@ -185,11 +189,11 @@ test("a worker whose module does not load: create() fails at once with the reaso
     console.log(JSON.stringify({ first, second: [g, getError()] }));
   `);
   assert.is(out.first[0], null);
-  assert.match(out.first[1], /^nbd_create: Cannot find module '.*no-worker\/workers\/nbd-worker\.js'/);
+  assert.match(out.first[1], /^nbd_create: the worker thread died: Cannot find module '.*no-worker\/workers\/nbd-worker\.js'/);
   assert.is(out.first[2], errno.EIO);
   assert.ok(out.first[3] < 5000, `took ${out.first[3]} ms`);
   assert.equal(out.second[0], null);
-  assert.match(out.second[1], /^nbd_create: Cannot find module/);
+  assert.match(out.second[1], /^nbd_create: the worker thread died: Cannot find module/);
 });
 
 test.run();

@@ -83,6 +83,13 @@ test("each call's TSDoc has its summary, C name, version, states, arguments, ret
   for (const c of Object.keys(HANDWRITTEN)) assert.ok(page.includes(`<a id="${c}"></a>`), `${c} in ${PAGE_FILE}`);
 });
 
+test("every method of Handle and AsyncHandle carries its call's name (a REPL shows h.pread as pread)", () => {
+  for (const name of Object.keys(API)) {
+    assert.is((nbd.Handle.prototype as unknown as Record<string, { name: string }>)[name]!.name, name);
+    assert.is((nbdAsync.AsyncHandle.prototype as unknown as Record<string, { name: string }>)[name]!.name, name);
+  }
+});
+
 test("every method of Handle and AsyncHandle is documented", () => {
   const sync = new Map([...dts("handle"), ...dts("api/handle-methods")]);
   const async = new Map([...dts("async"), ...dts("api/handle-methods")]);

@@ -12,7 +12,7 @@
  *
  * - `greeting`: "newstyle" (default), "oldstyle", "bad-magic" (first word
  *   wrong), "bad-second-magic" (neither IHAVEOPT nor oldstyle), "close"
- *   (EOF before any byte).
+ *   (EOF before any byte), "silent" (never a byte; exits when the client hangs up).
  * - `handshakeFlags`: the 16-bit flags of the greeting (default
  *   FIXED_NEWSTYLE | NO_ZEROES); without FIXED_NEWSTYLE the fake is strict
  *   and closes on any option but NBD_OPT_EXPORT_NAME.
@@ -89,7 +89,7 @@ export interface ServerState {
 }
 
 export interface Script {
-  greeting?: "newstyle" | "oldstyle" | "bad-magic" | "bad-second-magic" | "close";
+  greeting?: "newstyle" | "oldstyle" | "bad-magic" | "bad-second-magic" | "close" | "silent";
   handshakeFlags?: number;
   size?: bigint;
   eflags?: number;
@@ -481,6 +481,10 @@ async function serve(script: Script): Promise<void> {
   // Greeting.
   const greeting = script.greeting ?? "newstyle";
   if (greeting === "close") await hangUp();
+  if (greeting === "silent") {
+    await input.read(Infinity); // returns at EOF only
+    await hangUp();
+  }
   const magic = new Uint8Array(16);
   dv(magic).setBigUint64(0, greeting === "bad-magic" ? 0x4e42444d41474944n : NBDMAGIC);
   dv(magic).setBigUint64(8, greeting === "oldstyle" ? OLDSTYLE_MAGIC : greeting === "bad-second-magic" ? 0x1234n : IHAVEOPT);

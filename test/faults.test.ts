@@ -10,8 +10,11 @@
  * 1.14 does instead (`libnbd114`) because nbd-ts follows newer libnbd
  * (lib/aio.c, states-reply-simple.c of 2023: EPROTO rather than EIO or
  * EINVAL, a simple reply to a read fails the read rather than the handle).
+ * A server that never answers makes libnbd wait forever; nbd-ts's
+ * set_timeout extension ends the wait (ETIMEDOUT, DEAD), so those cases
+ * have no libnbd counterpart.
  *
- * Not tested yet: a server that never answers (no per-call timeout exists).
+ * FAULT_FIGURES=1 prints each fault's errno and time to return.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -76,6 +79,8 @@ interface Case {
   recovers?: boolean;
   /** What libnbd 1.14 does instead, where nbd-ts follows newer libnbd or words it differently. */
   libnbd114?: Partial<Outcome>;
+  /** set_timeout before connecting: the server never answers, and libnbd would wait forever. */
+  timeout?: number;
 }
 
 const outOfBounds = (offset: number, cmdOffset: number, length: number, count: number) =>
@@ -175,6 +180,33 @@ const cases: Case[] = [
     before: [READ],
     op: READ,
     expect: { errno: errno.ECONNRESET, message: "nbd_pread: recv: Connection reset by peer", state: "DEAD" },
+  },
+  // -- the server goes silent (set_timeout; libnbd would wait forever)
+  {
+    name: "a server that never greets",
+    script: { greeting: "silent" },
+    timeout: 500,
+    expect: { errno: errno.ETIMEDOUT, state: "DEAD", message: "nbd_connect_command: timed out after 500 ms waiting for the server: Connection timed out" },
+  },
+  {
+    name: "a server that never answers NBD_OPT_GO",
+    script: { onOption: (opt) => (opt.code === 7 ? [] : undefined) },
+    timeout: 500,
+    expect: { errno: errno.ETIMEDOUT, state: "DEAD", message: "nbd_connect_command: timed out after 500 ms waiting for the server: Connection timed out" },
+  },
+  {
+    name: "a server that never answers a read",
+    script: { onRequest: (req) => (req.type === 0 ? [] : undefined) },
+    op: READ,
+    timeout: 500,
+    expect: { errno: errno.ETIMEDOUT, state: "DEAD", message: "nbd_pread: timed out after 500 ms waiting for the server: Connection timed out" },
+  },
+  {
+    name: "a server that stops in the middle of a read reply",
+    script: { onRequest: (req, R) => (req.type === 0 ? [R.data(req, req.offset, R.read(req.offset, req.count)).subarray(0, 30)] : undefined) },
+    op: READ,
+    timeout: 500,
+    expect: { errno: errno.ETIMEDOUT, state: "DEAD", message: "nbd_pread: timed out after 500 ms waiting for the server: Connection timed out" },
   },
   // -- cookies and magics
   {
@@ -390,10 +422,15 @@ function tsOp(h: Handle, op: Op): number {
   }
 }
 
+const errnoName = (n: number): string => Object.entries(errno).find(([, v]) => v === n)?.[0] ?? String(n);
+/** fault → errno → ms to return → state, for FAULT_FIGURES. */
+const figures: string[] = [];
+
 for (const c of cases) {
   test(c.name, () => {
     const h = newHandle();
     for (const op of c.settings ?? []) assert.is(tsOp(h, op), 0);
+    if (c.timeout) assert.is(h.setTimeout(c.timeout), 0);
     const connect = timed(() => h.connectCommand(fakeServer(c.script)));
     let ret = connect.value;
     let ms = connect.ms;
@@ -409,6 +446,8 @@ for (const c of cases) {
     assert.is(getErrno(), c.expect.errno, String(getError()));
     assert.is(stateOf(h), c.expect.state, h.connectionState() ?? "");
     assert.ok(ms < PROMPT_MS, `returned after ${ms} ms`);
+    if (c.timeout) assert.ok(ms >= c.timeout - 10, `returned after ${ms} ms, before the timeout`);
+    figures.push(`| ${c.name} | ${c.op ? c.op[0] : "connect"} | ${errnoName(c.expect.errno)} | ${ms} | ${c.expect.state} |`);
     if (c.recovers) {
       const buf = new Uint8Array(16);
       assert.is(h.pread(buf, 64), 0, `the next read: ${getError()}`);
@@ -456,13 +495,14 @@ json.dump(out, sys.stdout)
 interface PyResult { errno?: number; message?: string; state: State; ok?: boolean; ready?: boolean }
 
 test("libnbd 1.14 (python3-libnbd) fails the same way against the same fake servers", () => {
-  const specs = cases.map((c) => ({
+  const compared = cases.filter((c) => !c.timeout);
+  const specs = compared.map((c) => ({
     argv: fakeServer(c.script), settings: c.settings ?? [], before: c.before ?? [], op: c.op ?? ["get_size"],
   }));
   const r = spawnSync("/usr/bin/python3", ["-c", PY], { input: JSON.stringify(specs), encoding: "utf8", timeout: 60_000 });
   assert.is(r.status, 0, `python3-libnbd: ${r.stderr || r.error}`);
   const results = JSON.parse(r.stdout) as PyResult[];
-  cases.forEach((c, i) => {
+  compared.forEach((c, i) => {
     const want = { ...c.expect, ...c.libnbd114 };
     const got = results[i]!;
     assert.equal({ errno: got.errno, message: got.message, state: got.state }, want, c.name);
@@ -492,6 +532,28 @@ h = nbd.NBD(); h.connect_command(sys.argv[1:])
 print(h.get_protocol(), h.get_structured_replies_negotiated(), h.pread(8, 1000).hex())`, ...fakeServer({ handshakeFlags: 2 })],
   { encoding: "utf8", timeout: 30_000 });
   assert.is(py.stdout.trim(), `newstyle False ${Buffer.from(pattern(1000, 8)).toString("hex")}`, py.stderr);
+});
+
+test("an export larger than 2^63-1 bytes: getSize is EOVERFLOW (newer libnbd; 1.14 returns it negative), I/O is bounded by the real size", () => {
+  for (const size of [2n ** 63n, 2n ** 64n - 1n]) {
+    const h = newHandle();
+    assert.is(h.connectCommand(fakeServer({ size })), 0, String(getError()));
+    assert.is(h.getSize(), -1n);
+    assert.is(getErrno(), errno.EOVERFLOW);
+    assert.is(getError(), `nbd_get_size: server export size ${size} does not fit in a signed 64-bit integer: Value too large for defined data type`);
+    const buf = new Uint8Array(16);
+    assert.is(h.pread(buf, size - 16n), 0, String(getError()));
+    assert.equal(buf, patternAt(size - 16n, 16));
+    assert.is(h.pread(buf, size - 8n), -1);
+    assert.is(getError(), "nbd_pread: request out of bounds: Invalid argument");
+    assert.is(h.aioIsReady(), 1);
+  }
+  // libnbd 1.14 gives int64_t(size): negative, or -1 (an error without a message).
+  const py = spawnSync("/usr/bin/python3", ["-c", String.raw`
+import nbd, sys
+h = nbd.NBD(); h.connect_command(sys.argv[1:])
+print(h.get_size(), h.pread(8, 2**63 - 8).hex())`, ...fakeServer({ size: 2n ** 63n })], { encoding: "utf8", timeout: 30_000 });
+  assert.is(py.stdout.trim(), `${-(2n ** 63n)} ${Buffer.from(patternAt(2n ** 63n - 8n, 8)).toString("hex")}`, py.stderr);
 });
 
 test("an export of 2^63-1 bytes: size, reads and writes at its end, bounds (same as libnbd)", () => {
@@ -549,6 +611,7 @@ test("nbdkit killed with SIGKILL during a sync 32 MiB pread or pwrite: -1 at onc
     assert.is(getErrno(), errno.ENOTCONN);
     assert.ok(ms >= 400 && ms < 500 + PROMPT_MS, `${op} returned after ${ms} ms`);
     assert.is(stateOf(h), "CLOSED");
+    figures.push(`| nbdkit SIGKILLed during a 32 MiB ${op} (killed 500 ms in) | ${op} | ENOTCONN | ${ms} | CLOSED |`);
     if (op === "pread") assert.ok(buf.every((b) => b === 0), "the failed read's buffer is zeroed");
     waitFor(() => !alive(server.pid), 5000, "nbdkit to die");
     results.push(`${getError()} ${getErrno()} ${stateOf(h)}`);
@@ -630,6 +693,9 @@ test("nbdkit's error filter: each failed command has its errno, the handle stays
 
 test.after(() => {
   bystander?.close();
+  if (process.env.FAULT_FIGURES) {
+    console.log(["\n| fault | call | errno | ms | handle |", "|---|---|---|---|---|", ...figures].join("\n"));
+  }
 });
 
 test.run();

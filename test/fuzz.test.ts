@@ -17,7 +17,7 @@ import * as assert from "uvu/assert";
 import { errno } from "../src/errno.js";
 import { Chunk, Cmd, REPLY_FLAG_DONE } from "../src/protocol/constants.js";
 import { errnoOfNbdError } from "../src/protocol/transmission.js";
-import type { Command } from "../src/client/command.js";
+import { type Command, finalError } from "../src/client/command.js";
 import { NbdError } from "../src/client/error.js";
 import { ReplyParser, type ReplyHost } from "../src/client/replies.js";
 import {
@@ -302,7 +302,7 @@ function runCase(seed: number): void {
       retired.add(cmd.cookie);
       inflight.delete(cmd.cookie);
       if (!Number.isInteger(cmd.error) || cmd.error < 0) problems.push(`cookie ${cmd.cookie} retired with error ${cmd.error}`);
-      if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== Number(cmd.count)) {
+      if (cmd.type === Cmd.READ && finalError(cmd) === 0 && cmd.seen !== Number(cmd.count)) {
         problems.push(`read ${cmd.cookie} retired as a success with ${cmd.seen} of ${cmd.count} bytes`);
       }
     },

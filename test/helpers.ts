@@ -61,20 +61,50 @@ export function run(cmd: string, args: string[]): string {
 
 export interface Server { pid: number; stop(): void }
 
-/** Starts `nbdkit -f -P PIDFILE ...args` and waits until it is serving. */
-function nbdkit(args: string[]): Server {
-  const pidfile = scratchPath(`nbdkit-${stops.length}.pid`);
-  const child = spawn("nbdkit", ["-f", "-P", pidfile, ...args], { stdio: ["ignore", "inherit", "inherit"] });
+/** Starts `cmd args` in the background, waits until `ready()`, and has `cleanup()` stop it. */
+function daemon(cmd: string, args: string[], ready: () => boolean): Server {
+  const child = spawn(cmd, args, { stdio: ["ignore", "inherit", "inherit"] });
   child.unref(); // a test file ends when its tests do; the exit hook stops the server
-  waitFor(() => existsSync(pidfile) && readFileSync(pidfile, "utf8").trim() !== "", 10_000, `nbdkit ${args.join(" ")}`);
+  waitFor(ready, 10_000, `${cmd} ${args.join(" ")}`);
   const pid = child.pid!;
   const stop = () => {
     if (!alive(pid)) return;
     process.kill(pid, "SIGTERM");
-    waitFor(() => !alive(pid), 5_000, `nbdkit ${pid} to exit`);
+    waitFor(() => !alive(pid), 5_000, `${cmd} ${pid} to exit`);
   };
   stops.push(stop);
   return { pid, stop };
+}
+
+const written = (file: string) => () => existsSync(file) && readFileSync(file, "utf8").trim() !== "";
+
+/** Starts `nbdkit -f -P PIDFILE ...args` and waits until it is serving. */
+function nbdkit(args: string[]): Server {
+  const pidfile = scratchPath(`nbdkit-${stops.length}.pid`);
+  return daemon("nbdkit", ["-f", "-P", pidfile, ...args], written(pidfile));
+}
+
+/** `qemu-nbd -t` (it outlives its clients) on a Unix socket in the scratch dir. */
+export function qemuNbdUnix(...args: string[]): Server & { socket: string } {
+  const socket = scratchPath(`qemu-nbd-${stops.length}.sock`);
+  const pidfile = scratchPath(`qemu-nbd-${stops.length}.pid`);
+  return { ...daemon("qemu-nbd", ["-t", "-k", socket, "--pid-file", pidfile, ...args], written(pidfile)), socket };
+}
+
+/**
+ * A Unix socket in the scratch dir on which each connection runs `argv` with
+ * the connection as its stdin and stdout, as connect_command would: it puts a
+ * one-connection server such as the fake server where a socket path is wanted.
+ */
+export function serveUnix(argv: string[]): Server & { socket: string } {
+  const socket = scratchPath(`serve-${stops.length}.sock`);
+  const script = `
+    const [socket, cmd, ...args] = process.argv.slice(1);
+    require("node:net").createServer((conn) => {
+      require("node:child_process").spawn(cmd, args, { stdio: [conn, conn, "inherit"] });
+      conn.destroy(); // the child holds its own copy
+    }).listen(socket, () => require("node:fs").writeFileSync(socket + ".ready", "1"));`;
+  return { ...daemon(process.execPath, ["-e", script, socket, ...argv], written(`${socket}.ready`)), socket };
 }
 
 /** nbdkit on a Unix socket in the scratch dir. */

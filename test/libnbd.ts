@@ -20,6 +20,16 @@ export function python<T>(script: string, input?: unknown): T {
   return JSON.parse(r.stdout) as T;
 }
 
+/** A Python function for scripts: res(f) is f()'s result in the shape of Result (booleans as 0/1). */
+export const PY_RES = String.raw`
+def res(f):
+    try:
+        r = f()
+        return {"ok": 0 if r is None else int(r) if isinstance(r, bool) else r}
+    except nbd.Error as e:
+        return {"err": e.string, "errno": e.errnum}
+`;
+
 /** python3-libnbd's method name to nbd-ts's: opt_list → optList. */
 export const camel = (s: string): string => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 

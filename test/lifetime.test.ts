@@ -10,6 +10,7 @@ import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { alive, scratchFile, scratchPath, waitFor } from "./helpers.js";
+import { leftovers, snapshot } from "./leaks.js";
 
 const PACKAGE = new URL("../src/index.js", import.meta.url).href;
 
@@ -146,6 +147,24 @@ test("a script whose handles never connected, or failed to, exits by itself", ()
     assert.ok(r.ms < 10_000, `${mode}: the child took ${r.ms} ms to exit`);
     assert.equal(r.started.map((s) => s.how), ["none", "fail"]);
   }
+});
+
+test("Promise API: a process that exits while a socket-activated server is still in its handshake stops it", () => {
+  // nbdkit's delay filter holds the handshake for 10 s; the script exits after 300 ms.
+  const asyncPackage = new URL("../src/async.js", import.meta.url).href;
+  const child = scratchPath("exit-mid-connect.mjs");
+  writeFileSync(child, `
+import { create } from ${JSON.stringify(asyncPackage)};
+const h = create();
+h.connectSystemdSocketActivation(["nbdkit", "-f", "--filter=delay", "memory", "1M", "delay-open=10"]).catch(() => {});
+setTimeout(() => process.exit(0), 300);
+`);
+  const before = snapshot();
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, [child], { encoding: "utf8", timeout: 30_000 });
+  assert.is(r.status, 0, r.stderr);
+  assert.ok(Date.now() - t0 < 5_000, "the script exits at once, not after the handshake");
+  assert.equal(leftovers(before, 5_000), [], "no server or socket dir outlives the script");
 });
 
 test.run();

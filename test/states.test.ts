@@ -38,7 +38,7 @@ function dead(): Handle {
 }
 
 /** Calls that would start a connection if their state check passed. */
-const connects = (name: string) => /^connect[A-Z]/.test(name);
+const connects = (name: string) => /^(aioC|c)onnect[A-Z]/.test(name);
 
 const aioIs = [
   "aioIsCreated", "aioIsConnecting", "aioIsNegotiating", "aioIsReady", "aioIsProcessing", "aioIsDead", "aioIsClosed",

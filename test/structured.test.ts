@@ -14,7 +14,7 @@ import {
   type Handle,
 } from "nbd-ts";
 import { errno } from "../src/errno.js";
-import { pattern, run, scratchPath } from "./helpers.js";
+import { pattern, run, scratchPath, waitFor } from "./helpers.js";
 import { fakeServer } from "./fake-server.js";
 import { connected, NBDKIT, newHandle } from "./handles.js";
 import { python as oracle } from "./libnbd.js";
@@ -381,6 +381,24 @@ test("an NBD_REPLY_TYPE_ERROR_OFFSET chunk reaches the callback as READ_ERROR, t
   fails(ret, errno.EIO, "nbd_pread_structured: read: command failed: Input/output error");
   assert.equal(seen, [[512, 4096n, READ_DATA, 0], [0, 4608n, READ_ERROR, errno.EIO]]);
   assert.is(h.aioIsReady(), 1, "an error chunk fails the command, not the connection");
+});
+
+// ---- a read whose chunks leave part of it uncovered -----------------------------------
+
+test("a reply that covers half a read: the completion callback sees 0, the command retires with EPROTO (as libnbd decides it)", () => {
+  const h = newHandle();
+  const argv = fakeServer({
+    onRequest: (req, R) => (req.type === 0 ? [R.hole(req, req.offset, req.count / 2, { flags: 1 })] : undefined),
+  });
+  assert.is(h.connectCommand(argv), 0, String(getError()));
+  fails(h.pread(new Uint8Array(1024), 0), errno.EPROTO, "nbd_pread: read: command failed: Protocol error");
+  const seenByCompletion: number[] = [];
+  const cookie = h.aioPread(new Uint8Array(1024), 0, (err) => { seenByCompletion.push(err.value); return 0; });
+  assert.ok(typeof cookie === "bigint" && cookie > 0n, `aioPread: ${getError()}`);
+  waitFor(() => { h.poll(100); return h.aioPeekCommandCompleted() === cookie; }, 3000, "the aio read to complete");
+  assert.equal(seenByCompletion, [0]);
+  fails(h.aioCommandCompleted(cookie as bigint), errno.EPROTO, "nbd_aio_command_completed: read: command failed: Protocol error");
+  assert.is(h.aioIsReady(), 1, "a short read fails the command, not the connection");
 });
 
 test.run();

@@ -807,6 +807,122 @@ export interface HandleMethods {
   connectSocket(sock: number): number;
 
   /**
+   * Connect to the NBD server over a Unix domain socket.
+   *
+   * `nbd_aio_connect_unix`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `unixsocket` is not a string, or has a NUL byte
+   * - `EFAULT`: `unixsocket` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param unixsocket - the path of the server's Unix domain socket
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_unix.3.html | nbd_aio_connect_unix(3)}
+   */
+  aioConnectUnix(unixsocket: string): number;
+
+  /**
+   * Connect to the NBD server over a TCP port.
+   *
+   * `nbd_aio_connect_tcp`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `hostname` is not a string, or has a NUL byte
+   *   - `port` is neither a string nor an integer from 0 to 65535
+   * - `EFAULT`:
+   *   - `hostname` is null or undefined
+   *   - `port` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param hostname - a host name or address
+   * @param port - a port number or service name (a string, or a number)
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_tcp.3.html | nbd_aio_connect_tcp(3)}
+   */
+  aioConnectTcp(hostname: string, port: string | number): number;
+
+  /**
+   * Connect to the NBD server.
+   *
+   * `nbd_aio_connect_command`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `argv` is not an array of strings, or one has a NUL byte
+   *   - `argv` is empty
+   * - `EFAULT`: `argv` is null or undefined
+   *
+   * @param argv - the server's command and its arguments (argv[0] is looked up in PATH)
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_command.3.html | nbd_aio_connect_command(3)}
+   */
+  aioConnectCommand(argv: string[]): number;
+
+  /**
+   * Connect using systemd socket activation.
+   *
+   * `nbd_aio_connect_systemd_socket_activation`, libnbd 1.2. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `argv` is not an array of strings, or one has a NUL byte
+   *   - `argv` is empty
+   * - `EFAULT`: `argv` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param argv - the server's command and its arguments (argv[0] is looked up in PATH)
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_systemd_socket_activation.3.html | nbd_aio_connect_systemd_socket_activation(3)}
+   */
+  aioConnectSystemdSocketActivation(argv: string[]): number;
+
+  /**
+   * Connect to an NBD URI.
+   *
+   * `nbd_aio_connect_uri`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `uri` is not a string, or has a NUL byte
+   *   - `uri` does not parse as an NBD URI
+   * - `EFAULT`: `uri` is null or undefined
+   * - `EPERM`: the URI asks for a transport, TLS setting or local file that set_uri_allow_* forbids
+   * - `ENOTSUP`: the URI is nbd+vsock:// or nbd+ssh://, which nbd-ts cannot reach
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param uri - an NBD URI (nbd://, nbds://, nbd+unix://, …)
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_uri.3.html | nbd_aio_connect_uri(3)}
+   */
+  aioConnectUri(uri: string): number;
+
+  /**
+   * Connect directly to a connected socket.
+   *
+   * `nbd_aio_connect_socket`, libnbd 1.2. Permitted when the handle is newly created.
+   *
+   * Fails with (`getErrno()`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `sock` is not an integer from -2^31+1 to 2^31-1
+   * - `EBADF`: `sock` is not an open file descriptor
+   * - `ENOTSOCK`: `sock` is not a socket
+   *
+   * @param sock - the file descriptor of a connected stream socket (Unix or TCP); the handle owns it from then on
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_connect_socket.3.html | nbd_aio_connect_socket(3)}
+   */
+  aioConnectSocket(sock: number): number;
+
+  /**
    * Control option mode, for pausing during option negotiation.
    *
    * `nbd_set_opt_mode`, libnbd 1.4. Permitted when the handle is newly created.
@@ -1035,6 +1151,222 @@ export interface HandleMethods {
    * @see {@link https://libguestfs.org/nbd_opt_extended_headers.3.html | nbd_opt_extended_headers(3)}
    */
   optExtendedHeaders(): number;
+
+  /**
+   * End negotiation and move on to using an export.
+   *
+   * `nbd_aio_opt_go`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_go.3.html | nbd_aio_opt_go(3)}
+   */
+  aioOptGo(completion?: Shapes["completion"]): number;
+
+  /**
+   * End negotiation and close the connection.
+   *
+   * `nbd_aio_opt_abort`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   *
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_abort.3.html | nbd_aio_opt_abort(3)}
+   */
+  aioOptAbort(): number;
+
+  /**
+   * Request the server for information about an export.
+   *
+   * `nbd_aio_opt_info`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_info.3.html | nbd_aio_opt_info(3)}
+   */
+  aioOptInfo(completion?: Shapes["completion"]): number;
+
+  /**
+   * Request the server to list all exports during negotiation.
+   *
+   * `nbd_aio_opt_list`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `list` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `list` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param list - called for each export the server lists, as `(name, description)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list.3.html | nbd_aio_opt_list(3)}
+   */
+  aioOptList(list: Shapes["list"], completion?: Shapes["completion"]): number;
+
+  /**
+   * Request list of available meta contexts, using implicit query.
+   *
+   * `nbd_aio_opt_list_meta_context`, libnbd 1.6. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a number, 0 or more, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list_meta_context.3.html | nbd_aio_opt_list_meta_context(3)}
+   */
+  aioOptListMetaContext(context: Shapes["context"], completion?: Shapes["completion"]): number;
+
+  /**
+   * Request list of available meta contexts, using explicit query.
+   *
+   * `nbd_aio_opt_list_meta_context_queries`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `queries` is not an array of strings, or one has a NUL byte
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`:
+   *   - `queries` is null or undefined
+   *   - `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param queries - meta context queries to send instead of those addMetaContext collected
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a number, 0 or more, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list_meta_context_queries.3.html | nbd_aio_opt_list_meta_context_queries(3)}
+   */
+  aioOptListMetaContextQueries(queries: string[], context: Shapes["context"], completion?: Shapes["completion"]): number;
+
+  /**
+   * Select specific meta contexts, with implicit query list.
+   *
+   * `nbd_aio_opt_set_meta_context`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a number, 0 or more, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_set_meta_context.3.html | nbd_aio_opt_set_meta_context(3)}
+   */
+  aioOptSetMetaContext(context: Shapes["context"], completion?: Shapes["completion"]): number;
+
+  /**
+   * Select specific meta contexts, with explicit query list.
+   *
+   * `nbd_aio_opt_set_meta_context_queries`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `queries` is not an array of strings, or one has a NUL byte
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`:
+   *   - `queries` is null or undefined
+   *   - `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param queries - meta context queries to send instead of those addMetaContext collected
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a number, 0 or more, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_set_meta_context_queries.3.html | nbd_aio_opt_set_meta_context_queries(3)}
+   */
+  aioOptSetMetaContextQueries(queries: string[], context: Shapes["context"], completion?: Shapes["completion"]): number;
+
+  /**
+   * Request the server to initiate TLS.
+   *
+   * `nbd_aio_opt_starttls`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_starttls.3.html | nbd_aio_opt_starttls(3)}
+   */
+  aioOptStarttls(completion?: Shapes["completion"]): number;
+
+  /**
+   * Request the server to enable structured replies.
+   *
+   * `nbd_aio_opt_structured_reply`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_structured_reply.3.html | nbd_aio_opt_structured_reply(3)}
+   */
+  aioOptStructuredReply(completion?: Shapes["completion"]): number;
+
+  /**
+   * Request the server to enable extended headers.
+   *
+   * `nbd_aio_opt_extended_headers`, libnbd 1.18. Permitted when the handle is negotiating (opt mode).
+   *
+   * Fails with (`getErrno()`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns `0`, or `-1` on failure, with the reason in `getError()` and `getErrno()`
+   * @see {@link https://libguestfs.org/nbd_aio_opt_extended_headers.3.html | nbd_aio_opt_extended_headers(3)}
+   */
+  aioOptExtendedHeaders(completion?: Shapes["completion"]): number;
 
   /**
    * Ask server to negotiate metadata context.
@@ -3150,6 +3482,122 @@ export interface AsyncMethods {
   connectSocket(sock: number): Promise<number>;
 
   /**
+   * Connect to the NBD server over a Unix domain socket.
+   *
+   * `nbd_aio_connect_unix`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `unixsocket` is not a string, or has a NUL byte
+   * - `EFAULT`: `unixsocket` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param unixsocket - the path of the server's Unix domain socket
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_unix.3.html | nbd_aio_connect_unix(3)}
+   */
+  aioConnectUnix(unixsocket: string): Promise<number>;
+
+  /**
+   * Connect to the NBD server over a TCP port.
+   *
+   * `nbd_aio_connect_tcp`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `hostname` is not a string, or has a NUL byte
+   *   - `port` is neither a string nor an integer from 0 to 65535
+   * - `EFAULT`:
+   *   - `hostname` is null or undefined
+   *   - `port` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param hostname - a host name or address
+   * @param port - a port number or service name (a string, or a number)
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_tcp.3.html | nbd_aio_connect_tcp(3)}
+   */
+  aioConnectTcp(hostname: string, port: string | number): Promise<number>;
+
+  /**
+   * Connect to the NBD server.
+   *
+   * `nbd_aio_connect_command`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `argv` is not an array of strings, or one has a NUL byte
+   *   - `argv` is empty
+   * - `EFAULT`: `argv` is null or undefined
+   *
+   * @param argv - the server's command and its arguments (argv[0] is looked up in PATH)
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_command.3.html | nbd_aio_connect_command(3)}
+   */
+  aioConnectCommand(argv: string[]): Promise<number>;
+
+  /**
+   * Connect using systemd socket activation.
+   *
+   * `nbd_aio_connect_systemd_socket_activation`, libnbd 1.2. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `argv` is not an array of strings, or one has a NUL byte
+   *   - `argv` is empty
+   * - `EFAULT`: `argv` is null or undefined
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param argv - the server's command and its arguments (argv[0] is looked up in PATH)
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_systemd_socket_activation.3.html | nbd_aio_connect_systemd_socket_activation(3)}
+   */
+  aioConnectSystemdSocketActivation(argv: string[]): Promise<number>;
+
+  /**
+   * Connect to an NBD URI.
+   *
+   * `nbd_aio_connect_uri`, libnbd 1.0. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `uri` is not a string, or has a NUL byte
+   *   - `uri` does not parse as an NBD URI
+   * - `EFAULT`: `uri` is null or undefined
+   * - `EPERM`: the URI asks for a transport, TLS setting or local file that set_uri_allow_* forbids
+   * - `ENOTSUP`: the URI is nbd+vsock:// or nbd+ssh://, which nbd-ts cannot reach
+   * - `ECONNREFUSED`: no server answers there (or the errno of whichever system call failed: ENOENT, ECONNRESET, …)
+   *
+   * @param uri - an NBD URI (nbd://, nbds://, nbd+unix://, …)
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_uri.3.html | nbd_aio_connect_uri(3)}
+   */
+  aioConnectUri(uri: string): Promise<number>;
+
+  /**
+   * Connect directly to a connected socket.
+   *
+   * `nbd_aio_connect_socket`, libnbd 1.2. Permitted when the handle is newly created.
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `EINVAL`:
+   *   - the handle is connecting, negotiating (opt mode), connected with the server, closed (shut down) or dead
+   *   - `sock` is not an integer from -2^31+1 to 2^31-1
+   * - `EBADF`: `sock` is not an open file descriptor
+   * - `ENOTSOCK`: `sock` is not a socket
+   *
+   * @param sock - the file descriptor of a connected stream socket (Unix or TCP); the handle owns it from then on
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_connect_socket.3.html | nbd_aio_connect_socket(3)}
+   */
+  aioConnectSocket(sock: number): Promise<number>;
+
+  /**
    * Control option mode, for pausing during option negotiation.
    *
    * `nbd_set_opt_mode`, libnbd 1.4. Permitted when the handle is newly created.
@@ -3378,6 +3826,222 @@ export interface AsyncMethods {
    * @see {@link https://libguestfs.org/nbd_opt_extended_headers.3.html | nbd_opt_extended_headers(3)}
    */
   optExtendedHeaders(): Promise<number>;
+
+  /**
+   * End negotiation and move on to using an export.
+   *
+   * `nbd_aio_opt_go`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_go.3.html | nbd_aio_opt_go(3)}
+   */
+  aioOptGo(completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * End negotiation and close the connection.
+   *
+   * `nbd_aio_opt_abort`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`: the handle is connecting, connected with the server, closed (shut down) or dead
+   *
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_abort.3.html | nbd_aio_opt_abort(3)}
+   */
+  aioOptAbort(): Promise<number>;
+
+  /**
+   * Request the server for information about an export.
+   *
+   * `nbd_aio_opt_info`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_info.3.html | nbd_aio_opt_info(3)}
+   */
+  aioOptInfo(completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request the server to list all exports during negotiation.
+   *
+   * `nbd_aio_opt_list`, libnbd 1.4. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `list` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `list` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param list - called for each export the server lists, as `(name, description)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list.3.html | nbd_aio_opt_list(3)}
+   */
+  aioOptList(list: Shapes["list"], completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request list of available meta contexts, using implicit query.
+   *
+   * `nbd_aio_opt_list_meta_context`, libnbd 1.6. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of a number, 0 or more; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list_meta_context.3.html | nbd_aio_opt_list_meta_context(3)}
+   */
+  aioOptListMetaContext(context: Shapes["context"], completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request list of available meta contexts, using explicit query.
+   *
+   * `nbd_aio_opt_list_meta_context_queries`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `queries` is not an array of strings, or one has a NUL byte
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`:
+   *   - `queries` is null or undefined
+   *   - `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param queries - meta context queries to send instead of those addMetaContext collected
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of a number, 0 or more; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_list_meta_context_queries.3.html | nbd_aio_opt_list_meta_context_queries(3)}
+   */
+  aioOptListMetaContextQueries(queries: string[], context: Shapes["context"], completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Select specific meta contexts, with implicit query list.
+   *
+   * `nbd_aio_opt_set_meta_context`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`: `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of a number, 0 or more; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_set_meta_context.3.html | nbd_aio_opt_set_meta_context(3)}
+   */
+  aioOptSetMetaContext(context: Shapes["context"], completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Select specific meta contexts, with explicit query list.
+   *
+   * `nbd_aio_opt_set_meta_context_queries`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `queries` is not an array of strings, or one has a NUL byte
+   *   - `context` is not a function
+   *   - `completion` is not a function
+   * - `EFAULT`:
+   *   - `queries` is null or undefined
+   *   - `context` is null or undefined
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param queries - meta context queries to send instead of those addMetaContext collected
+   * @param context - called for each meta context the server replies with, as `(name)`; what it returns is ignored
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of a number, 0 or more; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_set_meta_context_queries.3.html | nbd_aio_opt_set_meta_context_queries(3)}
+   */
+  aioOptSetMetaContextQueries(queries: string[], context: Shapes["context"], completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request the server to initiate TLS.
+   *
+   * `nbd_aio_opt_starttls`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_starttls.3.html | nbd_aio_opt_starttls(3)}
+   */
+  aioOptStarttls(completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request the server to enable structured replies.
+   *
+   * `nbd_aio_opt_structured_reply`, libnbd 1.16. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_structured_reply.3.html | nbd_aio_opt_structured_reply(3)}
+   */
+  aioOptStructuredReply(completion?: Shapes["completion"]): Promise<number>;
+
+  /**
+   * Request the server to enable extended headers.
+   *
+   * `nbd_aio_opt_extended_headers`, libnbd 1.18. Permitted when the handle is negotiating (opt mode).
+   *
+   * Rejects with (`NbdError.errno`, `.code`):
+   * - `ENOTCONN`: the handle has not connected yet
+   * - `EINVAL`:
+   *   - the handle is connecting, connected with the server, closed (shut down) or dead
+   *   - `completion` is not a function
+   * - `ENOTSUP`: the server does not speak fixed newstyle (its answer to the option goes to the completion callback)
+   *
+   * @param completion - called once when the command completes, as `(error)`: `error.value` is its errno, 0 if it succeeded. Return 1 to retire the command there and then (aioCommandCompleted will not see it), 0 to leave it to aioCommandCompleted
+   * @returns a promise of `0`; it rejects with an `NbdError` (its `errno`, `code` and libnbd's message) on failure
+   * @see {@link https://libguestfs.org/nbd_aio_opt_extended_headers.3.html | nbd_aio_opt_extended_headers(3)}
+   */
+  aioOptExtendedHeaders(completion?: Shapes["completion"]): Promise<number>;
 
   /**
    * Ask server to negotiate metadata context.

@@ -58,6 +58,10 @@ function success(ret: Ret, value: unknown): Outcome["ret"] {
 
 const TWO64 = 1n << 64n;
 
+/** A value for a message; a function or symbol crossed the bridge as a stand-in (handle.ts). */
+const shown = (v: unknown): string =>
+  v !== null && typeof v === "object" && "notCloneable" in v ? `a ${String(v.notCloneable)}` : String(v);
+
 /** The value an argument has once checked: what the implementation receives. */
 function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unknown {
   const bad = (text: string) => new NbdError(errno.EINVAL, `${arg.name}: ${text}`);
@@ -72,12 +76,12 @@ function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unkno
       if (typeof v === "boolean" || typeof v === "number") return Boolean(v);
       throw bad("expected a boolean");
     case "int":
-      if (Number.isInteger(v) && Math.abs(v as number) <= 0x7fffffff) return v;
+      if (Number.isInteger(v) && (v as number) >= -0x80000000 && (v as number) <= 0x7fffffff) return v;
       throw bad("expected an integer");
     case "uint64":
       if (typeof v === "bigint" && v >= 0n && v < TWO64) return v;
       if (typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 64) return BigInt(v);
-      throw bad(`expected an integer from 0 to 2^64-1, got ${String(v)}`);
+      throw bad(`expected an integer from 0 to 2^64-1, got ${shown(v)}`);
     case "string":
     case "path":
       if (v == null) throw nullPointer();
@@ -109,11 +113,11 @@ function check(arg: Arg, v: unknown, conn: Connection, optional: boolean): unkno
       throw bad("expected a function");
     case "enum":
       if (typeof v === "number" && arg.values.includes(v)) return v;
-      throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${String(v)}`);
+      throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for parameter: ${shown(v)}`);
     case "flags": {
       const flags = v ?? 0;
       if (typeof flags !== "number" || !Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) {
-        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: ${String(flags)}`);
+        throw new NbdError(errno.EINVAL, `${arg.name}: invalid value for flag: ${shown(flags)}`);
       }
       // Command flags the call does not take are refused in strict mode, and
       // always when they do not fit the 16 bits of the wire.
@@ -160,30 +164,35 @@ export function invoke(
   } catch (e) {
     return failed(conn, name, entry, e);
   }
-  if (result instanceof Promise) return result.then((v) => succeeded(conn, name, entry, v), (e) => failed(conn, name, entry, e));
-  return succeeded(conn, name, entry, result);
+  if (result instanceof Promise) return result.then((v) => succeeded(conn, name, entry, v, true), (e) => failed(conn, name, entry, e));
+  return succeeded(conn, name, entry, result, false);
 }
 
 type Entry = { call: Call; context: string };
 
-function succeeded(conn: Connection, name: CallName, { call, context }: Entry, value: unknown): Outcome {
+function succeeded(conn: Connection, name: CallName, { call, context }: Entry, value: unknown, waited: boolean): Outcome {
   const ret = success(call.ret, value);
   // A string that the caller owns is quoted, a static one is not (libnbd's RString, RStaticString).
   if (conn.debug) conn.log(context, `leave: ret=${call.ret === "string" ? `"${String(ret)}"` : String(ret)}`);
-  return ended(conn, name, { ret });
+  return ended(conn, name, { ret }, waited);
 }
 
 function failed(conn: Connection, name: CallName, { call, context }: Entry, e: unknown): Outcome {
   const err = asNbdError(e, errnoOf(e, errno.EIO));
   const msg = err.format(context);
   if (conn.debug) conn.log(context, `leave: error="${msg}"`);
-  return ended(conn, name, { ret: errorValue(call.ret), errno: err.errno, msg });
+  return ended(conn, name, { ret: errorValue(call.ret), errno: err.errno, msg }, true);
 }
 
-/** The call has returned: an end of the connection before it is no longer news (unless it was poll). */
-function ended(conn: Connection, name: CallName, out: Outcome): Outcome {
+/**
+ * The call has returned. Only a call that failed or waited on the server has
+ * seen the connection end; one that answered at once (a query, an aio call)
+ * runs no state machine in libnbd, and the next poll still reports the end it
+ * missed. Poll reports it itself.
+ */
+function ended(conn: Connection, name: CallName, out: Outcome, seen: boolean): Outcome {
   withEvents(conn, out);
-  if (name !== "poll" && name !== "poll2") conn.endSeen();
+  if (seen && name !== "poll" && name !== "poll2") conn.endSeen();
   return out;
 }
 

@@ -70,6 +70,19 @@ const notHere: Errors = [["ENOTSUP", "always: the socket lives in nbd-ts's worke
 const connectCall = <A extends Arg>(summary: string, arg: A, since: string, spawns?: true) =>
   ({ args: [arg], ret: "err", states: created, since, summary, ...(spawns && { spawns }), errors: spawns ? [...connecting, ...spawning] : connecting }) as const;
 
+// An aio connect fails by itself only on the way to the server; the handshake's failures are poll's to report.
+const reaching: Errors = [connecting[0]!];
+// An aio option fails by itself only on what libnbd checks first; the server's answer goes to the completion callback.
+const fixedOnly: Errors = [["ENOTSUP", "the server does not speak fixed newstyle (its answer to the option goes to the completion callback)"]];
+
+/**
+ * An aio_opt_* call: its callbacks outlive the call until the option's reply
+ * is in. They are kept under "option", which the next option call replaces
+ * (libnbd allows one option in flight).
+ */
+const aioOpt = <const A extends readonly Arg[]>(args: A, summary: string, since: string, ret: "err" | "int" = "err", errors = fixedOnly) =>
+  ({ args, optargs: [Closure("completion", "completion")], ret, states: negotiating, keeps: "option", since, summary, errors }) as const;
+
 const flagQuery = (summary: string) => ({ args: [], ret: "bool", states: afterInfo, since: "1.0", summary, errors: notYet }) as const;
 const stateQuery = (summary: string, since = "1.0") =>
   ({ args: [], ret: "bool", mayFail: false, since, summary }) as const;
@@ -142,6 +155,14 @@ export const API = {
   supportsUri: { args: [], ret: "bool", mayFail: false, since: "1.0", summary: "true if libnbd was compiled with support for NBD URIs" },
   connectSocket: { ...connectCall("connect directly to a connected socket", Int("sock"), "1.2"), errors: [["EBADF", "sock is not an open file descriptor"], ["ENOTSOCK", "sock is not a socket"], ...connecting] },
 
+  // ---- connecting, aio: the call returns once the transport is up; poll drives the handshake ----
+  aioConnectUnix: { ...connectCall("connect to the NBD server over a Unix domain socket", Path("unixsocket"), "1.0"), errors: reaching },
+  aioConnectTcp: { args: [Str("hostname"), Port("port")], ret: "err", states: created, since: "1.0", summary: "connect to the NBD server over a TCP port", errors: reaching },
+  aioConnectCommand: { ...connectCall("connect to the NBD server", StringList("argv"), "1.0", true), errors: [spawning[0]!] },
+  aioConnectSystemdSocketActivation: { ...connectCall("connect using systemd socket activation", StringList("argv"), "1.2", true), errors: [spawning[0]!, ...reaching] },
+  aioConnectUri: { ...connectCall("connect to an NBD URI", Str("uri"), "1.0"), errors: [["EINVAL", "uri does not parse as an NBD URI"], ["EPERM", "the URI asks for a transport, TLS setting or local file that set_uri_allow_* forbids"], ["ENOTSUP", "the URI is nbd+vsock:// or nbd+ssh://, which nbd-ts cannot reach"], ...reaching] },
+  aioConnectSocket: { ...connectCall("connect directly to a connected socket", Int("sock"), "1.2"), errors: [["EBADF", "sock is not an open file descriptor"], ["ENOTSOCK", "sock is not a socket"]] },
+
   // ---- option negotiation (opt mode) ---------------------------------------------
   setOptMode: { args: [Bool("enable")], ret: "err", states: created, since: "1.4", summary: "control option mode, for pausing during option negotiation" },
   getOptMode: { args: [], ret: "bool", mayFail: false, since: "1.4", summary: "return whether option mode was enabled" },
@@ -156,6 +177,19 @@ export const API = {
   optStarttls: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to initiate TLS", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
   optStructuredReply: { args: [], ret: "bool", states: negotiating, since: "1.16", summary: "request the server to enable structured replies", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
   optExtendedHeaders: { args: [], ret: "bool", states: negotiating, since: "1.18", summary: "request the server to enable extended headers", errors: [["ENOTSUP", "the server does not speak fixed newstyle (a refusal is 0, not an error)"], ...optionRefused.slice(1)] },
+
+  // ---- option negotiation, aio: poll until aio_is_connecting is false, or let the completion callback say ----
+  aioOptGo: aioOpt([], "end negotiation and move on to using an export", "1.4", "err", []),
+  aioOptAbort: { args: [], ret: "err", states: negotiating, since: "1.4", summary: "end negotiation and close the connection" },
+  aioOptInfo: aioOpt([], "request the server for information about an export", "1.4"),
+  aioOptList: aioOpt([Closure("list", "list")], "request the server to list all exports during negotiation", "1.4"),
+  aioOptListMetaContext: aioOpt([Closure("context", "context")], "request list of available meta contexts, using implicit query", "1.6", "int"),
+  aioOptListMetaContextQueries: aioOpt([StringList("queries"), Closure("context", "context")], "request list of available meta contexts, using explicit query", "1.16", "int"),
+  aioOptSetMetaContext: aioOpt([Closure("context", "context")], "select specific meta contexts, with implicit query list", "1.16", "int"),
+  aioOptSetMetaContextQueries: aioOpt([StringList("queries"), Closure("context", "context")], "select specific meta contexts, with explicit query list", "1.16", "int"),
+  aioOptStarttls: aioOpt([], "request the server to initiate TLS", "1.16"),
+  aioOptStructuredReply: aioOpt([], "request the server to enable structured replies", "1.16"),
+  aioOptExtendedHeaders: aioOpt([], "request the server to enable extended headers", "1.18"),
 
   // ---- meta contexts and what to request ---------------------------------------
   addMetaContext: { args: [Str("name")], ret: "err", states: createdOrNegotiating, since: "1.0", summary: "ask server to negotiate metadata context", errors: [["ENAMETOOLONG", "name is longer than 4096 bytes"]] },

@@ -1,5 +1,6 @@
 /** A request on the wire, from issue to retirement, keyed by its cookie. */
-import type { Cmd } from "../protocol/constants.js";
+import { errno } from "../errno.js";
+import { Cmd } from "../protocol/constants.js";
 import type { NbdError } from "./error.js";
 
 /** A user callback as the client calls it; the last argument is libnbd's `int *error`. */
@@ -48,3 +49,12 @@ export interface Command {
 
 /** libnbd's name for each command in "<name>: command failed". */
 export const commandName = ["read", "write", "disconnect", "flush", "trim", "cache", "write-zeroes", "block-status"];
+
+/**
+ * The errno a command retires with. A read whose chunks left part of its
+ * range uncovered, with no error, is EPROTO: libnbd decides that at
+ * retirement (aio_command_completed), so its completion callback sees 0.
+ */
+export function finalError(cmd: Command): number {
+  return cmd.error || (cmd.type === Cmd.READ && cmd.seen !== Number(cmd.count) ? errno.EPROTO : 0);
+}

@@ -8,7 +8,7 @@ import { MAX_REQUEST_SIZE, STRICT_ALIGN, STRICT_AUTO_FLAG, STRICT_BOUNDS, STRICT
 import { errno } from "../errno.js";
 import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../protocol/constants.js";
 import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
-import { type Callback, type Command, commandName } from "./command.js";
+import { type Callback, type Command, commandName, finalError } from "./command.js";
 import { NbdError } from "./error.js";
 import { zeroGaps } from "./zero.js";
 import { recorders } from "./events.js";
@@ -262,7 +262,7 @@ export class Commands extends Negotiation {
   /** A blocking call: wait for the reply, or for the error that killed the connection. */
   #wait(cmd: Command): Promise<void> {
     return new Promise((resolve, reject) => {
-      cmd.waiter = (fatal) => (fatal ? reject(fatal) : cmd.error ? reject(this.#commandError(cmd)) : resolve());
+      cmd.waiter = (fatal) => (fatal ? reject(fatal) : finalError(cmd) ? reject(this.#commandError(cmd)) : resolve());
     });
   }
 
@@ -284,9 +284,13 @@ export class Commands extends Negotiation {
     this.emit({ id: 0, args: [cmd.cookie] }); // tells the caller's thread its buffer is ready
     let retire = false;
     if (cmd.completion) {
+      // 1 retires the command; -1 with an errno in the box fails it with that errno.
+      const box = { value: cmd.error };
       try {
-        retire = (cmd.completion as (box: { value: number }) => number)({ value: cmd.error }) === 1;
-      } catch { /* a throwing completion callback changes nothing (libnbd ignores its -1) */ }
+        const r = (cmd.completion as (box: { value: number }) => number)(box);
+        retire = r === 1;
+        if (r === -1 && box.value) cmd.error = box.value;
+      } catch { /* a throwing completion callback changes nothing */ }
     }
     if (!retire) {
       if (cmd.completion && recorders.has(cmd.completion)) cmd.undecided = true;
@@ -307,7 +311,7 @@ export class Commands extends Negotiation {
   }
 
   #commandError(cmd: Command): NbdError {
-    return new NbdError(cmd.error, `${commandName[cmd.type]}: command failed`);
+    return new NbdError(finalError(cmd), `${commandName[cmd.type]}: command failed`);
   }
 
   #sendRequest(cmd: Command): void {
@@ -426,7 +430,7 @@ export class Commands extends Negotiation {
     const i = this.done.findIndex((c) => BigInt(c.cookie) === cookie && !c.undecided);
     if (i < 0) return false;
     const [cmd] = this.done.splice(i, 1);
-    if (cmd!.error) throw this.#commandError(cmd!);
+    if (finalError(cmd!)) throw this.#commandError(cmd!);
     return true;
   }
 

@@ -5,9 +5,30 @@
 import { SIZE_MAXIMUM, SIZE_MINIMUM, SIZE_PAYLOAD, SIZE_PREFERRED } from "../constants.js";
 import { errno } from "../errno.js";
 import { Opt, TFlag } from "../protocol/constants.js";
+import type { Callback } from "./command.js";
 import { NbdError, asNbdError } from "./error.js";
 import { type ExportInfo, Negotiator, Refused, noExport } from "./handshake.js";
 import { Session } from "./session.js";
+
+type ListCallback = (name: string, description: string) => number;
+type ContextCallback = (name: string) => number;
+
+/** libnbd ignores what an aio option's list and context callbacks return: a throw (nbd-ts/async) is just a -1. */
+function ignoring<F extends (...args: never[]) => number>(fn: F): F {
+  return ((...args: never[]) => {
+    try {
+      return fn(...args);
+    } catch {
+      return -1;
+    }
+  }) as F;
+}
+
+/** For an option whose exchange answers with an errno (0: the server agreed): its refusal as a rejection, for aioOption. */
+async function agreed(answer: Promise<number>): Promise<void> {
+  const err = await answer;
+  if (err) throw new NbdError(err, "server refused the option");
+}
 
 export class Negotiation extends Session {
   // ---- option negotiation (opt mode) -------------------------------------------
@@ -20,17 +41,44 @@ export class Negotiation extends Session {
   }
 
   /**
-   * One option exchange. An error reply (Refused) leaves the handle
-   * negotiating; anything else (EOF, a broken reply) kills it, as libnbd's
-   * state machine moves to DEAD.
+   * One option exchange, during which the handle is connecting (as libnbd's
+   * is while its state machine sends and reads an option). An error reply
+   * (Refused) leaves the handle negotiating; anything else (EOF, a broken
+   * reply) kills it, as libnbd's state machine moves to DEAD.
    */
   protected async exchange<T>(run: () => Promise<T>): Promise<T> {
+    this.phase = "CONNECTING";
     try {
       return await run();
     } catch (e) {
       if (!(e instanceof Refused)) this.die(asNbdError(e));
       throw e;
+    } finally {
+      if (this.phase === "CONNECTING") this.phase = "NEGOTIATING";
     }
+  }
+
+  /**
+   * libnbd's aio_opt_*: after the up-front check (fixed newstyle, unless
+   * `anyNewstyle`), `run` (the blocking call's exchange) goes on once the call
+   * has returned 0. When it ends, `completion` hears its errno — 0, that of
+   * the server's refusal, or that of the error that killed the handle
+   * (ENOTCONN if it had none) — and poll wakes. Its return is ignored, as
+   * libnbd ignores it.
+   */
+  protected aioOption(run: () => Promise<unknown>, completion: Callback | undefined, anyNewstyle = false): number {
+    if (!anyNewstyle) this.fixedNewstyle();
+    const done = (err: number) => {
+      if (this.optionDone !== done) return; // told once: by DEAD or CLOSED, or when run settles
+      this.optionDone = undefined;
+      try {
+        (completion as ((error: { value: number }) => number) | undefined)?.({ value: err });
+      } catch { /* ignored, like its return */ }
+      this.progress();
+    };
+    this.optionDone = done;
+    void run().then(() => done(0), (e) => done(asNbdError(e).errno || errno.ENOTCONN));
+    return 0;
   }
 
   async optGo(): Promise<void> {
@@ -113,6 +161,35 @@ export class Negotiation extends Session {
     return (await this.exchange(() => neg.negotiateExtendedHeaders())) === 0;
   }
 
+  // ---- the aio forms: the option goes out, the call returns, poll sees it end ---------
+  // A new one is an aioOpt entry in api/table.ts and one line here.
+
+  aioOptGo(completion?: Callback): number { return this.aioOption(() => this.optGo(), completion, true); }
+  aioOptAbort(): void { this.optAbort(); }
+  aioOptInfo(completion?: Callback): number { return this.aioOption(() => this.optInfo(), completion); }
+  aioOptList(list: ListCallback, completion?: Callback): number { return this.aioOption(() => this.optList(ignoring(list)), completion); }
+  aioOptListMetaContext(context: ContextCallback, completion?: Callback): number {
+    return this.aioOption(() => this.optListMetaContext(ignoring(context)), completion);
+  }
+  aioOptListMetaContextQueries(queries: string[], context: ContextCallback, completion?: Callback): number {
+    return this.aioOption(() => this.optListMetaContextQueries(queries, ignoring(context)), completion);
+  }
+  aioOptSetMetaContext(context: ContextCallback, completion?: Callback): number {
+    return this.aioOption(() => this.optSetMetaContext(ignoring(context)), completion);
+  }
+  aioOptSetMetaContextQueries(queries: string[], context: ContextCallback, completion?: Callback): number {
+    return this.aioOption(() => this.optSetMetaContextQueries(queries, ignoring(context)), completion);
+  }
+  aioOptStructuredReply(completion?: Callback): number {
+    return this.aioOption(() => agreed(this.exchange(() => this.neg!.structuredReply())), completion);
+  }
+  aioOptStarttls(completion?: Callback): number {
+    return this.aioOption(() => agreed(this.exchange(() => this.starttls(this.neg!))), completion);
+  }
+  aioOptExtendedHeaders(completion?: Callback): number {
+    return this.aioOption(() => agreed(this.exchange(() => this.neg!.negotiateExtendedHeaders())), completion);
+  }
+
   /** A new export name or new requests make what the server said about the old ones stale. */
   protected override exportChanged(): void {
     const neg = this.neg;
@@ -133,7 +210,12 @@ export class Negotiation extends Session {
 
   protected flag(bit: TFlag): boolean { return (this.#known("flags").eflags & bit) !== 0; }
 
-  getSize(): bigint { return this.#known("size").size; }
+  /** int64_t, as in C: newer libnbd refuses a size that does not fit (1.14 returned it negative). */
+  getSize(): bigint {
+    const { size } = this.#known("size");
+    if (size > 0x7fffffffffffffffn) throw new NbdError(errno.EOVERFLOW, `server export size ${size} does not fit in a signed 64-bit integer`);
+    return size;
+  }
   getProtocol(): string { return this.neg!.protocol; }
   getStructuredRepliesNegotiated(): boolean { return this.neg!.structuredReplies; }
   getExtendedHeadersNegotiated(): boolean { return this.neg!.extendedHeaders; }

@@ -364,8 +364,6 @@ export class ReplyParser {
 
   #finish(): void {
     const cmd = this.#cmd!;
-    // A read succeeds only if its data and holes covered the whole range.
-    if (cmd.type === Cmd.READ && cmd.error === 0 && cmd.seen !== Number(cmd.count)) cmd.error = errno.EPROTO;
     this.#next();
     this.host.retire(cmd);
   }

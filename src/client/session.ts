@@ -73,6 +73,8 @@ export class Session extends Settings {
    */
   protected unsent: Command[] = [];
   protected discUnsent = false;
+  /** An aio option's completion, which DEAD and CLOSED call at once (libnbd's abort_option). */
+  protected optionDone: ((err: number) => void) | undefined;
   /** The error that made the connection DEAD. */
   protected fatal: NbdError | undefined;
   protected closedPromise: Promise<void> | undefined;
@@ -184,34 +186,63 @@ export class Session extends Settings {
   getTlsNegotiated(): boolean { return this.tlsNegotiated; }
 
   // ---- connecting -----------------------------------------------------------
+  // Each aio_connect_* call returns once its transport is up (what libnbd does
+  // before its state machine would block); the handshake goes on and poll
+  // reports how it ends. The blocking form waits for that end (libnbd's
+  // nbd_internal_wait_until_connected).
 
-  connectUnix(path: string): Promise<void> {
+  connectUnix(path: string): Promise<void> { return this.connected(this.aioConnectUnix(path)); }
+  aioConnectUnix(path: string): Promise<void> {
     checkSocketPath(path); // before the state machine runs: the handle stays created
     this.endpoint = { kind: "unix", path };
-    return this.open(() => openUnix(path, this.onread));
+    return this.start(() => openUnix(path, this.onread));
   }
 
-  connectTcp(hostname: string, port: string): Promise<void> {
+  connectTcp(hostname: string, port: string): Promise<void> { return this.connected(this.aioConnectTcp(hostname, port)); }
+  aioConnectTcp(hostname: string, port: string): Promise<void> {
     // libnbd's CONNECT_TCP goes back to START when no address answers, so the handle can retry.
     this.endpoint = { kind: "tcp", host: hostname, port };
-    return this.open(() => openTcp(hostname, port, this.onread), true);
+    return this.start(() => openTcp(hostname, port, this.onread), true);
   }
 
-  connectCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+  connectCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> { return this.connected(this.aioConnectCommand(argv, env)); }
+  aioConnectCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     checkArgv(argv);
-    return this.open(() => openCommand(argv, env, this.onread));
+    return this.start(() => openCommand(argv, env, this.onread));
   }
 
   connectSystemdSocketActivation(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+    return this.connected(this.aioConnectSystemdSocketActivation(argv, env));
+  }
+  aioConnectSystemdSocketActivation(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     checkArgv(argv);
-    return this.open(() => openSocketActivation(argv, env, this.socketActivationName, this.onread));
+    return this.start(() => openSocketActivation(argv, env, this.socketActivationName, this.onread));
   }
 
-  protected async open(open: () => Promise<Transport>, retryable = false): Promise<void> {
+  /** The handshake the last connect began; it settles when the handle is READY, NEGOTIATING or DEAD. */
+  protected handshake: Promise<void> = Promise.resolve();
+
+  /** An aio connect: resolves once the transport is up (or fails as the call), and poll wakes when the handshake ends. */
+  protected start(open: () => Promise<Transport>, retryable = false): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.handshake = this.open(open, retryable, resolve);
+      this.handshake.then(() => this.progress(), reject); // after resolve, a failure is poll's to report (die)
+    });
+  }
+
+  /** A blocking connect: the aio connect, then its handshake, whose end its own polls have seen. */
+  protected async connected(started: Promise<void>): Promise<void> {
+    await started;
+    await this.handshake;
+    this.progressed = false;
+  }
+
+  protected async open(open: () => Promise<Transport>, retryable = false, started?: () => void): Promise<void> {
     this.phase = "CONNECTING";
     try {
       const transport = (this.transport = await open());
       this.watch(transport.socket);
+      started?.();
       const neg = (this.neg = new Negotiator({ read: (n) => this.reader.read(n), write: (b) => this.send(b) }, this, this.stats));
       const protocol = await neg.greet();
       this.handshakeFlags = neg.handshakeFlags; // what both sides agreed on (0 for oldstyle)
@@ -303,6 +334,7 @@ export class Session extends Settings {
     this.fatal = err;
     this.endUnreported = true;
     this.transport?.socket.destroy();
+    this.optionDone?.(err.errno || errno.ENOTCONN);
     this.failInflight(sendFailed ? undefined : err);
     this.closedResolve?.();
     this.progress();
@@ -313,6 +345,7 @@ export class Session extends Settings {
     this.phase = "CLOSED";
     this.endUnreported = true;
     this.transport?.socket.destroy();
+    this.optionDone?.(errno.ENOTCONN);
     this.failInflight();
     this.closedResolve?.();
     this.progress();
@@ -338,12 +371,13 @@ export class Session extends Settings {
    * (and kept if a later step fails, as libnbd keeps them), then connect_tcp
    * or connect_unix. A URI that does not parse leaves the handle untouched.
    */
-  connectUri(uri: string): Promise<void> {
+  connectUri(uri: string): Promise<void> { return this.connected(this.aioConnectUri(uri)); }
+  aioConnectUri(uri: string): Promise<void> {
     const plan = parseUri(uri, { transports: this.uriAllowTransports, tls: this.uriAllowTls, localFile: this.uriAllowLocalFile });
     for (const s of plan.settings) (this[s.call] as (value: unknown) => void)(s.value);
     const to = plan.target;
     if (to instanceof NbdError) throw to;
-    return to.kind === "tcp" ? this.connectTcp(to.host, to.port) : this.connectUnix(to.path);
+    return to.kind === "tcp" ? this.aioConnectTcp(to.host, to.port) : this.aioConnectUnix(to.path);
   }
 
   /** nbd_get_uri: rebuilt from the endpoint and settings; a command or a caller's socket has no URI. */
@@ -363,9 +397,10 @@ export class Session extends Settings {
     });
   }
 
-  connectSocket(sock: number): Promise<void> {
+  connectSocket(sock: number): Promise<void> { return this.connected(this.aioConnectSocket(sock)); }
+  aioConnectSocket(sock: number): Promise<void> {
     checkSocketFd(sock); // a bad fd leaves the handle created, as libnbd's fcntl() check does
-    return this.open(async () => openSocket(sock, this.onread));
+    return this.start(async () => openSocket(sock, this.onread));
   }
 
   // ---- subprocess -----------------------------------------------------------

@@ -2,7 +2,6 @@
  * What a handle is told before (and between) connections: libnbd's settings
  * with their defaults, each a set_/get_ pair of the API table. No I/O here.
  */
-import { writeSync } from "node:fs";
 import { userInfo } from "node:os";
 import {
   ALLOW_TRANSPORT_MASK, HANDSHAKE_FLAG_MASK, STRICT_MASK, TLS_ALLOW, TLS_DISABLE,
@@ -12,6 +11,7 @@ import { MAX_STRING } from "../protocol/constants.js";
 import { VERSION } from "../version.js";
 import type { Callback } from "./command.js";
 import { NbdError } from "./error.js";
+import { toStderr } from "./stderr.js";
 import { isUri } from "./uri.js";
 
 const MAX_SOCKET_ACTIVATION_NAME = 32;
@@ -64,7 +64,7 @@ export class Settings {
     if (this.#debugCallback) {
       try { (this.#debugCallback as (c: string, m: string) => number)(context, msg); } catch { /* ignored, as libnbd ignores its return */ }
     } else {
-      writeSync(2, `libnbd: debug: ${this.handleName}: ${context}: ${msg}\n`);
+      toStderr(`libnbd: debug: ${this.handleName}: ${context}: ${msg}\n`);
     }
   }
 

@@ -5,8 +5,8 @@
  * say why the server died (an addition to libnbd).
  */
 import { spawn, type ChildProcess, type StdioOptions } from "node:child_process";
-import { writeSync } from "node:fs";
 import { NbdError } from "./error.js";
+import { toStderr } from "./stderr.js";
 
 const TAIL_BYTES = 2048;
 const TAIL_LINES = 5;
@@ -22,7 +22,7 @@ export class Subprocess {
     const child = (this.#child = spawn(file, args, { env, stdio }));
     this.pid = child.pid;
     child.stderr?.on("data", (chunk: Buffer) => {
-      writeSync(2, chunk); // straight to fd 2: a worker's process.stderr goes through the main thread's event loop, which may be blocked
+      toStderr(chunk);
       this.#tail = (this.#tail + chunk.toString()).slice(-TAIL_BYTES);
     });
     this.#exit = new Promise((resolve) => {

@@ -57,7 +57,7 @@ export async function openUnix(path: string, onread: OnRead): Promise<Transport>
 
 /** getaddrinfo's service lookup: a port number, or a TCP service name from /etc/services. */
 function servicePort(port: string): number | undefined {
-  if (/^\d+$/.test(port)) return Number(port) % 65536; // glibc keeps the low 16 bits, as htons() does
+  if (/^\d*$/.test(port)) return Number(port) % 65536; // glibc keeps the low 16 bits, as htons() does; "" is 0
   let services = "";
   try { services = readFileSync("/etc/services", "utf8"); } catch { return undefined; }
   for (const line of services.split("\n")) {
@@ -75,6 +75,7 @@ const gaiError = (host: string, port: string, text: string) =>
 export async function openTcp(host: string, port: string, onread: OnRead): Promise<Transport> {
   const number = servicePort(port);
   if (number === undefined) throw gaiError(host, port, "Servname not supported for ai_socktype");
+  if (host === "") throw gaiError(host, port, "Name or service not known"); // Node would take "" for localhost
   const socket = connect({ host, port: number, onread, noDelay: true });
   let lookupFailed: NodeJS.ErrnoException | undefined;
   socket.once("lookup", (err: NodeJS.ErrnoException | null) => { if (err) lookupFailed = err; });
