@@ -145,8 +145,9 @@ test("a wedged worker: the call fails within the stall bound, its handles are DE
     import { create, getError, getErrno } from "nbd";
     import { cross } from "bridge";
     const h = create();
-    h.connectCommand(["nbdkit", "-s", "--exit-with-parent", "pattern", "size=1M"]);
-    const out = { hook: cross(0, "__die__", ["hang", 0], {}).ret };
+    // A read the server answers after a second: the worker wedges (300 ms after the hook) while it waits.
+    h.connectCommand(["nbdkit", "-s", "--exit-with-parent", "--filter=delay", "pattern", "size=1M", "delay-read=1"]);
+    const out = { hook: cross(0, "__die__", ["hang", 300], {}).ret };
     const t = Date.now();
     out.pread = h.pread(new Uint8Array(8), 0);
     out.ms = Date.now() - t;
