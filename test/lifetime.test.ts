@@ -10,7 +10,8 @@ import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { alive, scratchFile, scratchPath, waitFor } from "./helpers.js";
-import { leftovers, snapshot } from "./leaks.js";
+import { RUN_TAG, leftovers, snapshot } from "./leaks.js";
+import { create, getError } from "../src/index.js";
 
 const PACKAGE = new URL("../src/index.js", import.meta.url).href;
 
@@ -165,6 +166,27 @@ setTimeout(() => process.exit(0), 300);
   assert.is(r.status, 0, r.stderr);
   assert.ok(Date.now() - t0 < 5_000, "the script exits at once, not after the handshake");
   assert.equal(leftovers(before, 5_000), [], "no server or socket dir outlives the script");
+});
+
+test("the leak check blames a run only for its own servers and socket dirs (runs side by side)", () => {
+  const before = snapshot();
+  const mine = process.env[RUN_TAG] ?? "this run";
+  process.env[RUN_TAG] = "another run";
+  const h = create()!;
+  try {
+    assert.is(h.connectSystemdSocketActivation(["nbdkit", "memory", "1M"]), 0, getError() ?? "");
+  } finally {
+    process.env[RUN_TAG] = mine;
+  }
+  const theirs = leftovers(before, 0);
+  process.env[RUN_TAG] = "another run";
+  const asThem = leftovers(before, 0);
+  process.env[RUN_TAG] = mine;
+  h.close();
+  assert.equal(theirs, [], "another run's server and socket dir are not this run's leftovers");
+  assert.is(asThem.length, 2, `that run sees both as its own: ${asThem.join(", ")}`);
+  assert.ok(asThem.some((l) => l.startsWith("nbdkit")) && asThem.some((l) => l.startsWith("/tmp/nbd-ts-")));
+  assert.equal(leftovers(before, 2_000), [], "close removed both");
 });
 
 test.run();
