@@ -7,8 +7,9 @@
  *
  *   npm run bench
  *
- * Environment: ROUNDS (3), N (20000 sync calls for lat), CONNECTS (10 per
- * round), RSS_CALLS (1000000), ONLY (a comma-separated list of figures).
+ * Environment: ROUNDS (5), N (20000 sync calls for lat), CONNECTS (10 per
+ * round), RSS_CALLS (1000000), ONLY (a comma-separated list of figures),
+ * WARMUP (1: one round first whose figures are dropped; 0: none).
  *
  * The C side is in bench/*.c, compiled here with cc -lnbd.
  */
@@ -21,7 +22,13 @@ import { create, getError, type Handle } from "nbd-ts";
 import * as nbdAsync from "nbd-ts/async";
 import { copyToNull } from "../examples/copy-to-null.js";
 
-const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
+/**
+ * A first round whose figures are dropped, on both sides: nbd-ts's code runs
+ * interpreted until V8 has compiled it (its first 1 GiB pass ran 20-40% slower
+ * than its later ones), where libnbd's was compiled ahead of time.
+ */
+const WARMUP = process.env.WARMUP !== "0";
 const N = Number(process.env.N ?? 20_000);
 const CONNECTS = Number(process.env.CONNECTS ?? 10);
 const RSS_CALLS = Number(process.env.RSS_CALLS ?? 1_000_000);
@@ -223,12 +230,15 @@ try {
     aio: compile("aio-read"),
     connect: compile("connect"),
   };
+  let warming = WARMUP;
   const add = (key: string, c: number, ts: number) => {
+    if (warming) return;
     rows[key]!.c.push(c);
     rows[key]!.ts.push(ts);
   };
-  for (let r = 0; r < ROUNDS; r++) {
-    log(`round ${r + 1} of ${ROUNDS}`);
+  for (let r = WARMUP ? -1 : 0; r < ROUNDS; r++) {
+    warming = r < 0;
+    log(warming ? "warm-up round (dropped)" : `round ${r + 1} of ${ROUNDS}`);
     if (wanted("lat")) {
       const [cLat, cCpu] = numbers(bin.lat, socket, N, LAT_SIZE);
       const [tsLat, tsCpu] = latency();
@@ -249,6 +259,7 @@ try {
     if (wanted("copy")) add("copy", nbdcopy(), copy());
     if (wanted("connect")) add("connect", numbers(bin.connect, CONNECTS)[0]!, connectClose());
   }
+  warming = false;
   if (wanted("rss")) {
     log(`rss: ${RSS_CALLS} calls each`);
     add("rss", numbers(bin.lat, socket, RSS_CALLS, LAT_SIZE, "rss")[0]! / 1024, rss());
@@ -256,7 +267,7 @@ try {
   log("done");
 
   const cpu = cpus()[0]?.model ?? "unknown CPU";
-  console.log(`\nnbd-ts vs libnbd: medians of ${ROUNDS} rounds (rss: one run); ` +
+  console.log(`\nnbd-ts vs libnbd: medians of ${ROUNDS} rounds${WARMUP ? " after a warm-up round" : ""} (rss: one run); ` +
     `nbdkit memory 1G over a Unix socket; ${cpus().length} × ${cpu}, Node ${process.version}\n`);
   console.log("| figure | workload and unit | libnbd | nbd-ts | ratio | goal |");
   console.log("|---|---|--:|--:|--:|---|");
