@@ -8,7 +8,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { alive, scratchFile, scratchPath, waitFor } from "./helpers.js";
 import { RUN_TAG, leftovers, snapshot } from "./leaks.js";
 import { create, getError } from "../src/index.js";
@@ -49,6 +49,7 @@ for (const { how, argv } of specs) {
 }
 if (mode === "exit") process.exit(0);
 if (mode === "throw") throw new Error("uncaught, on purpose");
+if (mode === "signal") process.kill(process.pid, "SIGTERM");
 if (mode === "close") for (const h of handles) h.close();
 // "end": the script just ends, handles open.
 `;
@@ -127,6 +128,24 @@ for (const [mode, status, what] of [
     checkGone(r.started);
   });
 }
+
+test("a script killed by SIGTERM runs no code (README): servers that end with their client end, as under libnbd", () => {
+  const r = runChild("signal", SERVERS);
+  assert.is(r.signal, "SIGTERM", r.stderr);
+  checkStarted(r.started);
+  try {
+    for (const [i, s] of r.started.entries()) {
+      if (SERVERS[i]!.argv.includes("-t")) continue; // persistent: it waits for the next client
+      waitFor(() => !alive(s.pid), 5000, `${s.comm} ${s.pid} (${s.how}) to exit after its client was killed`);
+    }
+  } finally {
+    // What no code ran to stop: qemu-nbd -t, and the socket dirs (libnbd leaves its own too).
+    for (const s of r.started) {
+      if (alive(s.pid)) process.kill(s.pid, "SIGTERM");
+      if (s.dir) rmSync(s.dir, { recursive: true, force: true });
+    }
+  }
+});
 
 test("a script that closes its handles exits by itself, promptly, with its servers already gone", () => {
   const r = runChild("close", SERVERS);
