@@ -10,7 +10,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawn } from "node:child_process";
 import { randomFillSync } from "node:crypto";
-import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { getErrno, getError, type Handle } from "nbd-ts";
 import { errno } from "../src/errno.js";
@@ -135,6 +135,74 @@ test("socket activation: nbdkit serves, its pid is live, close kills it and remo
   assert.not.ok(alive(pid), `server ${pid} survived close()`);
   assert.not.ok(existsSync(dir), `${dir} survived close()`);
   assert.equal(children(), kids);
+});
+
+/** The children of `pid` (a wrapper's server), from /proc. */
+const childrenOf = (pid: number): number[] =>
+  readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+
+/**
+ * An activated nbdkit behind a shell that stays its parent (so that the pid
+ * close() signals is the shell's): `trap` says what the shell does on
+ * SIGTERM; the inner sh points LISTEN_PID at itself and execs nbdkit, which
+ * exits when the shell does (--exit-with-parent).
+ */
+function wrappedNbdkit(trap: string): string[] {
+  const inner = 'LISTEN_PID=$$ exec nbdkit -f --exit-with-parent memory size=1M';
+  return ["sh", "-c", `trap ${trap} TERM; sh -c '${inner}' & wait; exit 0`];
+}
+
+test("close of an activated server: SIGTERM, reaped, its socket dir removed even with a stray file in it", () => {
+  const h = newHandle();
+  const kids = children();
+  const flag = scratchPath("got-sigterm");
+  assert.is(h.connectSystemdSocketActivation(wrappedNbdkit(`"echo TERM > ${flag}; exit 0"`)), 0, `connect: ${getError()}`);
+  const pid = serverPid(h);
+  const [nbdkitPid] = childrenOf(pid);
+  assert.ok(nbdkitPid && comm(nbdkitPid) === "nbdkit", `the wrapper's child is ${nbdkitPid}`);
+  const dir = activationDir(nbdkitPid);
+  assert.is(h.getSize(), BigInt(MiB));
+  writeFileSync(`${dir}/stray`, "not the socket");
+
+  const closing = timed(() => h.close());
+  assert.ok(closing.ms < 2000, `close took ${closing.ms} ms`);
+  assert.is(readFileSync(flag, "utf8"), "TERM\n"); // the signal was SIGTERM, and close waited for its handler
+  assert.not.ok(alive(pid), `server ${pid} survived close()`);
+  assert.equal(children(), kids, "the server was not reaped");
+  assert.not.ok(existsSync(dir), `${dir} survived close()`);
+  waitFor(() => !alive(nbdkitPid), 5000, "nbdkit to follow its parent");
+});
+
+test("close of an activated server that ignores SIGTERM: SIGKILL after the 5 s bound, nothing left", () => {
+  const h = newHandle();
+  const kids = children();
+  assert.is(h.connectSystemdSocketActivation(wrappedNbdkit("''")), 0, `connect: ${getError()}`);
+  const pid = serverPid(h);
+  const [nbdkitPid] = childrenOf(pid);
+  const dir = activationDir(nbdkitPid!);
+  assert.is(h.getSize(), BigInt(MiB));
+
+  const closing = timed(() => h.close());
+  assert.ok(closing.ms >= 4900 && closing.ms < 8000, `close took ${closing.ms} ms`);
+  assert.not.ok(alive(pid), `server ${pid} survived close()`);
+  assert.equal(children(), kids, "the server was not reaped");
+  assert.not.ok(existsSync(dir), `${dir} survived close()`);
+  waitFor(() => !alive(nbdkitPid!), 5000, "nbdkit to follow its parent");
+});
+
+test("socket activation of an nbdkit that refuses its arguments: getError ends with nbdkit's own error", () => {
+  const h = newHandle();
+  const watch = watchLeftovers();
+  const { value, ms } = timed(() => h.connectSystemdSocketActivation(["nbdkit", "-f", "memory", "size=nonsense"]));
+  watch.made();
+  assert.is(value, -1);
+  assert.ok(ms < 5000, `took ${ms} ms`);
+  assert.ok([errno.ECONNRESET, errno.ECONNREFUSED].includes(getErrno() as 104 | 111), `errno ${getErrno()}: ${getError()}`);
+  const msg = getError()!;
+  assert.ok(msg.startsWith("nbd_connect_systemd_socket_activation: "), msg);
+  assert.ok(msg.endsWith("server stderr: nbdkit: error: could not parse size string (nonsense)"), msg);
+  h.close();
+  watch.clean();
 });
 
 test("socket activation: qemu-nbd on a qcow2 image reads back what qemu-io wrote", () => {

@@ -8,11 +8,11 @@
  * happen before they run, in api/invoke.ts; what is left in them is what
  * libnbd checks inside each call.
  */
-import { rmSync } from "node:fs";
 import { AIO_DIRECTION_READ, SHUTDOWN_ABANDON_PENDING } from "../constants.js";
 import { errno } from "../errno.js";
 import { Commands } from "./commands.js";
 import { NbdError } from "./error.js";
+import { removeSocketDir } from "./transports.js";
 
 /** How long close() and shutdown() wait for a server before forcing the issue. */
 const SERVER_EXIT_WAIT_MS = 5_000;
@@ -101,14 +101,13 @@ export class Connection extends Commands {
   async close(): Promise<void> {
     this.log("nbd_close", "closing handle");
     const t = this.transport;
+    // Socket activation: libnbd sends SIGTERM before anything else, so the server's exit overlaps the rest.
+    if (t?.dir) t.child?.kill("SIGTERM");
     if (this.phase !== "DEAD" && this.phase !== "CLOSED") this.markClosed();
     this.reader.fail(new NbdError(errno.ENOTCONN, "handle closed"));
     if (!t) return;
     t.socket.destroy();
-    if (t.dir) {
-      t.child?.kill("SIGTERM"); // socket activation: libnbd sends SIGTERM
-      rmSync(t.dir, { recursive: true, force: true });
-    }
+    if (t.dir) removeSocketDir(t.dir);
     // connect_command: libnbd just waits for the child, which sees EOF.
     await t.child?.reap(t.dir ? SERVER_EXIT_WAIT_MS : COMMAND_EXIT_WAIT_MS);
   }

@@ -5,7 +5,7 @@
  * net.Socket whose reads go to `onread` (one static buffer, no per-read
  * allocation), plus the subprocess and temp dir it started, if any.
  */
-import { fstatSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { fstatSync, mkdtempSync, readFileSync, renameSync, rmSync, rmdirSync, unlinkSync } from "node:fs";
 import { Socket, connect, createServer, type OnReadOpts, type Server, type SocketConstructorOpts } from "node:net";
 import { randomBytes } from "node:crypto";
 import { errno, errnoOf } from "../errno.js";
@@ -35,6 +35,7 @@ export const STDERR_WAIT_MS = 1_000;
 
 /** Where activation sockets live: /tmp, not $TMPDIR, to stay within sun_path (as libnbd). */
 const SOCKET_DIR_PREFIX = "/tmp/nbd-ts-";
+const socketIn = (dir: string) => `${dir}/sock`;
 
 function connected(socket: Socket, what: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -135,7 +136,7 @@ export async function openSocketActivation(
   argv: readonly string[], env: NodeJS.ProcessEnv, fdName: string, onread: OnRead,
 ): Promise<Transport> {
   const dir = mkdtempSync(SOCKET_DIR_PREFIX);
-  const path = `${dir}/sock`;
+  const path = socketIn(dir);
   const server = createServer();
   let child: Subprocess | undefined;
   try {
@@ -156,8 +157,22 @@ export async function openSocketActivation(
     const explained = await explain(asNbdError(err), child, STDERR_WAIT_MS);
     child?.kill("SIGTERM");
     await child?.reap(STDERR_WAIT_MS);
-    rmSync(dir, { recursive: true, force: true });
+    removeSocketDir(dir);
     throw explained;
+  }
+}
+
+/**
+ * The activation dir holds just the socket: an unlink and a rmdir, as
+ * libnbd's close (a fifth of rmSync's recursive walk); anything else found
+ * there is removed all the same.
+ */
+export function removeSocketDir(dir: string): void {
+  try {
+    unlinkSync(socketIn(dir));
+    rmdirSync(dir);
+  } catch {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
