@@ -257,6 +257,41 @@ test("poll's timeout: 0 returns 0 at once, a timeout with nothing done returns 0
   assert.is(called, 1);
 });
 
+test("with set_timeout, poll crosses (the worker must time it), and a queued read's completion still wakes it at once", () => {
+  const h = nbdkit(["--filter=delay", "pattern", "size=1M", "delay-read=100ms"]);
+  assert.is(h.setTimeout(5000), 0);
+  let called = 0;
+  const buf = new Uint8Array(4096);
+  h.aioPread(buf, 8192, () => (called++, 1));
+  const { value, crossed } = crossings(() => timed(() => h.poll(-1)));
+  assert.is(value.value, 1, String(getError()));
+  assert.ok(crossed >= 1, "poll crossed");
+  assert.ok(value.ms < 2000, `${value.ms} ms: woken by the ring's entry, not by the timeout`);
+  assert.is(called, 1);
+  assert.ok(patterned(buf, 8192));
+  assert.is(h.aioIsReady(), 1, "alive: the timeout did not trip");
+});
+
+test("a poll that crosses reports only what happened since the last poll: ring completions leave nothing behind in the worker", () => {
+  const h = nbdkit(["memory", "size=1M"]);
+  let called = 0;
+  h.aioPread(new Uint8Array(4096), 0, () => (called++, 1));
+  while (!called) assert.is(h.poll(-1), 1);
+  assert.is(h.poll2(-1, 0), 0, "the completion the ring brought was reported: the worker's poll has nothing");
+  const flush = h.aioFlush(); // crosses: its end reaches this thread as events, and the worker keeps it for a poll
+  sleep(100);
+  assert.is(h.aioCommandCompleted(flush), 1);
+  assert.is(h.poll(0), 1, "the flush's completion, which no poll has reported yet");
+  assert.is(h.poll(0), 0);
+  assert.is(h.poll2(-1, 0), 0, "the worker's poll has nothing left to report either");
+  h.aioPread(new Uint8Array(4096), 0, () => (called++, 1));
+  sleep(100);
+  assert.is(h.poll2(-1, 0), 1, "a crossing poll reports a completion only the ring told");
+  assert.is(called, 2);
+  assert.is(h.poll(0), 0);
+  assert.is(h.poll2(-1, 0), 0);
+});
+
 test("100,000 queued reads through the ring: RSS and fds stay flat", () => {
   const fds = (): number => readdirSync("/proc/self/fd").length;
   const rssMiB = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) / 1024;
