@@ -242,12 +242,13 @@ const isTimeout = (t: unknown): t is number => typeof t === "number" && Number.i
 function ringPoll(slot: Slot, args: unknown[]): number | undefined {
   const timeout = args[0];
   if (!slot.queue?.[5] || slot.callbacks.crossed || slot.mustCross || args.length !== 1 || !isTimeout(timeout)) return undefined;
-  if (takeRing(slot, true) || slot.progressed) {
-    if (slot.mustCross) return undefined;
+  const n = takeRing(slot, true);
+  // The connection ended: the worker's poll reports that, and what ran here with it (progressed).
+  if (slot.mustCross) return giveWay(slot, n);
+  if (n || slot.progressed) {
     slot.progressed = false;
     return 1;
   }
-  if (slot.mustCross) return undefined;
   if (timeout === 0) return 0;
   const start = performance.now();
   for (;;) {
@@ -259,9 +260,15 @@ function ringPoll(slot: Slot, args: unknown[]): number | undefined {
       return undefined;
     }
     const n = takeRing(slot, true);
-    if (slot.mustCross) return undefined;
+    if (slot.mustCross) return giveWay(slot, n);
     if (n) return 1;
   }
+}
+
+/** ringPoll gives way to a poll that crosses, which must report the `n` completions it handled. */
+function giveWay(slot: Slot, n: number): undefined {
+  if (n) slot.progressed = true;
+  return undefined;
 }
 
 /**
