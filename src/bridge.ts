@@ -12,7 +12,7 @@
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import {
   type Attachments, type Registration, BEAT_MS, CALLS, CHANNEL_BYTES, QUEUE_SLOTS, REPLY_AT, REPLY_BYTES, REQUEST_AT,
-  REQUEST_BYTES, Word, attachments, bootstrap, callNumber, deathReason, queueFields, slotAt, words,
+  REQUEST_BYTES, Ring, Word, attachments, bootstrap, callNumber, deathReason, queueFields, ringAt, ringFields, slotAt, words,
 } from "./channel.js";
 import type { Extra, Reply } from "./dispatch.js";
 import { errno } from "./errno.js";
@@ -64,6 +64,9 @@ interface Channel {
   queue: Float64Array;
   /** Commands queued so far. */
   queued: number;
+  /** The completion ring, and how many of its entries have been read. */
+  ring: Float64Array;
+  consumed: number;
   /** Aio buffers the worker knows, by number (see Shared in dispatch.ts), oldest first, and their bytes. */
   buffers: Map<SharedArrayBuffer, number>;
   bytes: number;
@@ -87,8 +90,11 @@ let generation = 0;
 let seq = 0;
 let nextBuffer = 1;
 
-/** How many calls crossed to the worker and how many aio commands were queued instead (for tests and the bench). */
-export const bridgeStats = { crossed: 0, queued: 0 };
+/**
+ * How many calls crossed to the worker, how many aio commands were queued
+ * instead, and how many settlements went through the queue (for tests and the bench).
+ */
+export const bridgeStats = { crossed: 0, queued: 0, settled: 0 };
 
 /** Which worker runs the handles made now; a handle made under another one is dead. */
 export const workerGeneration = (): number => generation;
@@ -116,7 +122,7 @@ function start(): Channel {
     sab, h: words(sab), port: port1, worker,
     request: new Wire(sab, REQUEST_AT, REQUEST_BYTES),
     reply: new Wire(sab, REPLY_AT, REPLY_BYTES),
-    queue: queueFields(sab), queued: 0,
+    queue: queueFields(sab), queued: 0, ring: ringFields(sab), consumed: 0,
     buffers: new Map(), bytes: 0, registry: registry.port1, registrations: 0,
   };
 }
@@ -165,6 +171,78 @@ export function queued(): void {
   bridgeStats.queued++;
   Atomics.store(ch.h, Word.QUEUED, ++ch.queued);
   ring(ch);
+}
+
+/**
+ * A settlement written at queueSlot() is complete. Nothing waits on it, so
+ * the worker is not rung for it: it takes it with whatever comes next (a
+ * command, a call), or when the queue is half full.
+ */
+export function settled(): void {
+  const ch = channel!;
+  bridgeStats.settled++;
+  Atomics.store(ch.h, Word.QUEUED, ++ch.queued);
+  if (ch.queued - Atomics.load(ch.h, Word.TAKEN) >= QUEUE_SLOTS / 2) ring(ch);
+}
+
+// ---- the completion ring -------------------------------------------------------------
+
+/** What the ring said for each open handle and no call of the handle has taken yet: [cookie, errno] pairs; and how many in all. */
+interface Inbox { entries: number[]; read: number }
+const inboxes = new Map<number, Inbox>();
+
+/** The handle `id` hears from the ring from now on (it is being made), or no longer (closed). */
+export function openInbox(id: number): void { inboxes.set(id, { entries: [], read: 0 }); }
+export function closeInbox(id: number): void { inboxes.delete(id); }
+
+/** Reads what the worker has written into the ring, each entry into its handle's inbox. */
+function readRing(ch: Channel): void {
+  const end = Atomics.load(ch.h, Word.COMPLETED);
+  if (end === ch.consumed) return;
+  const f = ch.ring;
+  for (let n = ch.consumed; n < end; n++) {
+    const at = ringAt(n);
+    const box = inboxes.get(f[at + Ring.HANDLE]!);
+    if (!box) continue; // a closed handle's
+    box.entries.push(f[at + Ring.COOKIE]!, f[at + Ring.ERRNO]!);
+    box.read++;
+  }
+  ch.consumed = end;
+  Atomics.store(ch.h, Word.CONSUMED, end);
+  if (Atomics.load(ch.h, Word.BACKLOG)) ring(ch); // there is room now for what waits
+}
+
+/** The ring's entries for handle `id` not taken yet, oldest first: [cookie, errno] pairs (cookie 0: its connection ended). */
+export function ringEntries(id: number): number[] {
+  if (channel) readRing(channel);
+  const box = inboxes.get(id);
+  if (!box?.entries.length) return [];
+  const entries = box.entries;
+  box.entries = [];
+  return entries;
+}
+
+/** How many ring entries for handle `id` have been read so far (see Extra.ringSeen). */
+export const ringRead = (id: number): number => inboxes.get(id)?.read ?? 0;
+
+/**
+ * Waits up to `ms` for the worker to write into the ring: true once it
+ * has, false when the time is up or the worker is gone (cross() then says
+ * how). Asleep, in slices that look at DEAD.
+ */
+export function awaitRing(ms: number): boolean {
+  const ch = channel;
+  if (!ch) return false;
+  const h = ch.h;
+  const deadline = performance.now() + ms;
+  for (;;) {
+    if (Atomics.load(h, Word.COMPLETED) !== ch.consumed) return true;
+    const left = deadline - performance.now();
+    if (left <= 0 || Atomics.load(h, Word.DEAD)) return false;
+    Atomics.store(h, Word.POLL_ASLEEP, 1);
+    Atomics.wait(h, Word.COMPLETED, ch.consumed, Math.min(BEAT_MS, left));
+    Atomics.store(h, Word.POLL_ASLEEP, 0);
+  }
 }
 
 export function cross(id: number, name: string, args: unknown[], extra: Extra): Reply | Error {
@@ -253,6 +331,7 @@ function wait(ch: Channel, n: number, kind: number): void {
 function lose(): void {
   void channel?.worker.terminate();
   channel = undefined;
+  inboxes.clear();
   generation++;
   stopAll();
 }

@@ -32,10 +32,11 @@ export interface Staged {
   from: Uint8Array<SharedArrayBuffer>;
 }
 
-/** An aio command in flight: its callbacks, and its staging buffer. */
+/** An aio command in flight: its callbacks, its staging buffer, and whether its call crossed (its end comes as events). */
 interface Aio {
   ids: number[];
-  staged?: Staged;
+  staged?: Staged | undefined;
+  crossed: boolean;
 }
 
 /** How the callbacks of a blocking call went: their failure fails the call. */
@@ -64,6 +65,8 @@ export class Callbacks {
   readonly #kept = new Map<string, number[]>();
   /** Decisions to send with the next call. */
   settlements: Settlement[] = [];
+  /** aio commands in flight whose calls crossed: only a poll that crosses hears of their end. */
+  crossed = 0;
 
   /** `ids` stay registered under `name`, replacing what was kept there. */
   keep(name: string, ids: number[]): void {
@@ -91,9 +94,27 @@ export class Callbacks {
   }
 
   /** An aio call returned `cookie`: its callbacks (and staging buffer) live until the command is done. */
-  adopt(cookie: number, ids: number[], staged?: Staged): void {
+  adopt(cookie: number, ids: number[], staged: Staged | undefined, crossed: boolean): void {
     for (const id of ids) this.#held.get(id)!.cookie = cookie;
-    this.#aio.set(cookie, staged ? { ids, staged } : { ids });
+    this.#aio.set(cookie, { ids, staged, crossed });
+    if (crossed) this.crossed++;
+  }
+
+  /**
+   * A queued command is done (the ring said so, with the errno its
+   * completion callback sees): as the replay of its DONE and its callback's
+   * call. With no callback it is settled all the same: the worker holds it
+   * undecided until its data is in place.
+   */
+  complete(cookie: number, error: number): void {
+    const ids = this.#aio.get(cookie)?.ids ?? [];
+    const id = ids.find((i) => this.#held.get(i)?.shape === "completion");
+    if (id === undefined) {
+      this.replay([{ id: DONE, args: [cookie] }]);
+      this.settlements.push([cookie, 0, 0]);
+    } else {
+      this.replay([{ id: DONE, args: [cookie] }, { id, args: [{ value: error }] }]);
+    }
   }
 
   replay(events: readonly Event[] | undefined): Replayed {
@@ -119,6 +140,7 @@ export class Callbacks {
       this.drop(aio?.ids ?? []);
       // Its callbacks have seen the buffer (a chunk callback gets a view of it): now it is free.
       if (aio?.staged) giveStaging(aio.staged.from);
+      if (aio?.crossed) this.crossed--;
       this.#aio.delete(cookie);
     }
     return result;

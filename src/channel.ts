@@ -6,8 +6,10 @@
  * Neither side sends a message unless a value cannot live in shared memory
  * (see wire.ts). Beside the request there is a queue of aio commands the
  * caller issued without waiting (see handle.ts), which the worker takes in
- * order, always before the next request. Both sides import this file, so
- * the layout is in one place.
+ * order, always before the next request, and a ring through which the
+ * worker reports those commands' completions, so that poll need not cross
+ * (see handle.ts poll). Both sides import this file, so the layout is in
+ * one place.
  */
 import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import { API } from "./api/table.js";
@@ -45,6 +47,13 @@ export const enum Word {
    */
   WORKER_ASLEEP,
   CALLER_ASLEEP,
+  /** How many ring entries the worker has written, and how many the caller has read (see Ring). */
+  COMPLETED,
+  CONSUMED,
+  /** Set while the worker holds entries that found the ring full: the caller rings BELL once it has made room. */
+  BACKLOG,
+  /** Set while the caller sleeps on COMPLETED (a fast poll): as CALLER_ASLEEP, for that word. */
+  POLL_ASLEEP,
 }
 
 /**
@@ -66,13 +75,27 @@ export const enum Queued {
   BUFFER,
   AT,
   LENGTH,
-  /** The id of its completion callback, or 0. */
-  COMPLETION,
+  /** A settlement (CALL is SETTLE): whether it retires the command, and the errno it fails it with (see Settlement). */
+  RETIRE = OFFSET,
+  ERRNO = LENGTH,
 }
 export const QUEUE_SLOTS = 256;
-const SLOT_FIELDS = 8;
+const SLOT_FIELDS = 7;
 
-const HEADER_BYTES = 64;
+/**
+ * A completion ring entry (Float64 fields): a queued command's reply is
+ * complete (COOKIE > 0, with the errno its completion callback sees), or
+ * the handle's connection ended (COOKIE 0), which poll must cross to report.
+ */
+export const enum Ring {
+  HANDLE,
+  COOKIE,
+  ERRNO,
+}
+export const RING_SLOTS = 1024;
+const RING_FIELDS = 3;
+
+const HEADER_BYTES = 128;
 const DEATH_BYTES = 1024;
 export const REQUEST_BYTES = 64 * 1024;
 export const REPLY_BYTES = 256 * 1024;
@@ -81,11 +104,16 @@ export const DEATH_AT = HEADER_BYTES;
 export const REQUEST_AT = DEATH_AT + DEATH_BYTES;
 export const REPLY_AT = REQUEST_AT + REQUEST_BYTES;
 export const QUEUE_AT = REPLY_AT + REPLY_BYTES;
-export const CHANNEL_BYTES = QUEUE_AT + QUEUE_SLOTS * SLOT_FIELDS * 8;
+export const RING_AT = QUEUE_AT + QUEUE_SLOTS * SLOT_FIELDS * 8;
+export const CHANNEL_BYTES = RING_AT + RING_SLOTS * RING_FIELDS * 8;
 
 /** The queue's slots, one after another; the fields of the i-th command queued start at slotAt(i). */
 export const queueFields = (sab: SharedArrayBuffer): Float64Array => new Float64Array(sab, QUEUE_AT, QUEUE_SLOTS * SLOT_FIELDS);
 export const slotAt = (i: number): number => (i % QUEUE_SLOTS) * SLOT_FIELDS;
+
+/** The ring's entries; the n-th written starts at ringAt(n). */
+export const ringFields = (sab: SharedArrayBuffer): Float64Array => new Float64Array(sab, RING_AT, RING_SLOTS * RING_FIELDS);
+export const ringAt = (n: number): number => (n % RING_SLOTS) * RING_FIELDS;
 
 /** The header words of a channel's buffer. */
 export const words = (sab: SharedArrayBuffer): Int32Array => new Int32Array(sab, 0, HEADER_BYTES / 4);
@@ -94,7 +122,7 @@ export const words = (sab: SharedArrayBuffer): Int32Array => new Int32Array(sab,
  * Calls go by number: the table's calls, then the bridge's own. Both
  * threads build this list from the same table, so the numbers agree.
  */
-export const CALLS: readonly string[] = ["create", "close", "__die__", ...Object.keys(API)];
+export const CALLS: readonly string[] = ["create", "close", "__die__", "__settle__", ...Object.keys(API)];
 export const callNumber = new Map(CALLS.map((name, i) => [name, i]));
 
 /** How often a worker with a call in progress says it is alive, and how long the caller waits for a sign. */
@@ -116,6 +144,7 @@ const die = (why) => {
   text.writeUInt32LE(text.write(String(why).slice(0, 256), 4), 0);
   Atomics.store(h, ${Word.DEAD}, 1);
   Atomics.notify(h, ${Word.REPLY});
+  Atomics.notify(h, ${Word.COMPLETED});
 };
 const fatal = (e) => { die(e instanceof Error ? e.message : e); process.exit(1); };
 process.on("exit", (code) => die("Worker exited with code " + code));

@@ -10,7 +10,10 @@ import type { HandleMethods } from "./api/handle-methods.js";
 import { errorValue } from "./api/invoke.js";
 import { cName, isBytes, isOut, isPersist, type Call } from "./api/types.js";
 import { Callbacks, type Staged } from "./callbacks.js";
-import { bridgeErrno, bufferId, cross, queueArray, queueSlot, queued, workerGeneration } from "./bridge.js";
+import {
+  awaitRing, bridgeErrno, bufferId, closeInbox, cross, openInbox, queueArray, queueSlot, queued, ringEntries, ringRead, settled,
+  workerGeneration,
+} from "./bridge.js";
 import { Queued, callNumber } from "./channel.js";
 import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
 import { zero } from "./client/zero.js";
@@ -32,6 +35,10 @@ interface Slot {
   readonly generation: number;
   /** Set while aio reads and writes may be queued without waiting (see queue()). */
   queue?: QueueFacts | undefined;
+  /** Queued commands' completions were handled outside a poll: the next poll reports them. */
+  progressed: boolean;
+  /** The next poll crosses: the worker has news for it (the connection ended, or a crossed aio command did unpolled). */
+  mustCross: boolean;
 }
 
 const slots = new WeakMap<Handle, Slot>();
@@ -45,7 +52,7 @@ export class Handle {
   constructor(id: number) {
     slots.set(this, {
       id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Callbacks(),
-      generation: workerGeneration(),
+      generation: workerGeneration(), progressed: false, mustCross: false,
     });
   }
 
@@ -60,7 +67,11 @@ export class Handle {
     slot.closed = true;
     if (slot.generation !== workerGeneration()) return untrack(slot.id); // its worker is gone, and its servers with it
     const reply = cross(slot.id, "close", [], {});
-    if (!(reply instanceof Error)) slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
+    if (!(reply instanceof Error)) {
+      slot.callbacks.replay(reply.events); // the debug callback hears "closing handle"
+      takeRing(slot, false); // and completion callbacks of the commands it failed, as those of crossed ones above
+    }
+    closeInbox(slot.id);
     untrack(slot.id);
     giveShared(slot.sab);
     slot.sab = new SharedArrayBuffer(0);
@@ -165,11 +176,99 @@ function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined 
   q[place + Queued.BUFFER] = bufferId(from.buffer);
   q[place + Queued.AT] = from.byteOffset;
   q[place + Queued.LENGTH] = n;
-  q[place + Queued.COMPLETION] = ids[0] ?? 0;
   queued();
   facts[0] = cookie + 1;
-  slot.callbacks.adopt(cookie, ids, staged);
+  slot.callbacks.adopt(cookie, ids, staged, false);
   return BigInt(cookie);
+}
+
+const SETTLE = callNumber.get("__settle__")!;
+
+/**
+ * The callbacks' decisions go to the worker through the queue, so that
+ * they do not wait for a call to cross; what finds the queue full rides
+ * with the next call that crosses (Extra.settle), after these.
+ */
+function sendSettlements(slot: Slot): void {
+  const all = slot.callbacks.settlements;
+  let i = 0;
+  for (; i < all.length; i++) {
+    const place = queueSlot();
+    if (place < 0) break;
+    const [cookie, retire, err] = all[i]!;
+    const q = queueArray();
+    q[place + Queued.HANDLE] = slot.id;
+    q[place + Queued.CALL] = SETTLE;
+    q[place + Queued.COOKIE] = cookie;
+    q[place + Queued.RETIRE] = retire;
+    q[place + Queued.ERRNO] = err;
+    settled();
+  }
+  if (i) all.splice(0, i);
+}
+
+/**
+ * Handles what the ring brought for the handle: each queued command that
+ * completed gets its data copied and its completion callback run, and is
+ * settled. Returns how many; outside a poll, the next poll reports them.
+ */
+function takeRing(slot: Slot, inPoll: boolean): number {
+  const entries = ringEntries(slot.id);
+  let n = 0;
+  for (let i = 0; i < entries.length; i += 2) {
+    const cookie = entries[i]!;
+    if (cookie === 0) slot.mustCross = true; // the connection ended: poll must cross to report it
+    else {
+      slot.callbacks.complete(cookie, entries[i + 1]!);
+      n++;
+    }
+  }
+  if (n && !inPoll) slot.progressed = true;
+  if (!slot.closed) sendSettlements(slot);
+  return n;
+}
+
+/** How long a poll waits on the ring before it crosses, where a worker that went silent is noticed (bridge.ts wait). */
+const RING_WAIT_MS = 1000;
+
+const isTimeout = (t: unknown): t is number => typeof t === "number" && Number.isInteger(t) && t >= -1 && t <= 2 ** 31 - 1;
+
+/**
+ * nbd_poll without crossing, when all it could wait for comes through the
+ * ring: the handle's commands in flight were all queued (none crossed),
+ * and its last reply allowed it (READY, no debug callback, no timeout).
+ * Undefined: the poll crosses (with what is left of its timeout in args).
+ */
+function ringPoll(slot: Slot, args: unknown[]): number | undefined {
+  const timeout = args[0];
+  if (!slot.queue?.[5] || slot.callbacks.crossed || slot.mustCross || args.length !== 1 || !isTimeout(timeout)) return undefined;
+  const n = takeRing(slot, true);
+  // The connection ended: the worker's poll reports that, and what ran here with it (progressed).
+  if (slot.mustCross) return giveWay(slot, n);
+  if (n || slot.progressed) {
+    slot.progressed = false;
+    return 1;
+  }
+  if (timeout === 0) return 0;
+  const start = performance.now();
+  for (;;) {
+    const waited = performance.now() - start;
+    if (!awaitRing((timeout < 0 ? RING_WAIT_MS : Math.min(timeout, RING_WAIT_MS)) - waited)) {
+      const left = timeout - (performance.now() - start);
+      if (timeout >= 0 && left <= 0) return 0;
+      args[0] = timeout < 0 ? -1 : Math.ceil(left);
+      return undefined;
+    }
+    const n = takeRing(slot, true);
+    if (slot.mustCross) return giveWay(slot, n);
+    if (n) return 1;
+  }
+}
+
+/** ringPoll gives way to a poll that crosses, which must report the `n` completions it handled. */
+function giveWay(slot: Slot, n: number): undefined {
+  if (n) slot.progressed = true;
+  return undefined;
 }
 
 /**
@@ -201,7 +300,18 @@ function method(name: CallName, call: Call) {
       const cookie = queue(slot, queueable, args);
       if (cookie !== undefined) return cookie;
     }
+    if (name === "poll") {
+      const r = ringPoll(slot, args);
+      if (r !== undefined) return r;
+    }
     const extra: Extra = {};
+    const polling = name === "poll" || name === "poll2";
+    if (polling) {
+      // What the ring brought is news for this poll, which the worker reports unless the state says otherwise.
+      const news = takeRing(slot, true) > 0 || slot.progressed;
+      slot.progressed = false;
+      extra.ringSeen = news ? -1 : ringRead(slot.id);
+    }
     for (let i = 0; i < args.length && i < all.length; i++) {
       const kind = all[i]!.kind;
       if (kind === "closure" || i === bytes) continue;
@@ -223,6 +333,7 @@ function method(name: CallName, call: Call) {
     }
     if (slot.callbacks.settlements.length) extra.settle = slot.callbacks.settlements.splice(0);
     if (call.spawns) extra.env = { ...process.env };
+    slot.mustCross = false;
 
     const reply = cross(slot.id, name, args, extra);
     if (reply instanceof Error) {
@@ -241,12 +352,17 @@ function method(name: CallName, call: Call) {
     }
     track(slot.id, reply.cleanup);
     const aio = call.ret === "cookie" && typeof reply.ret === "bigint" && reply.ret > 0n;
-    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.staged);
+    if (aio) slot.callbacks.adopt(Number(reply.ret), ids, buffer?.staged, true);
     else {
       if (buffer?.staged) giveStaging(buffer.staged.from);
       if (persist && out && reply.init && user instanceof Uint8Array) zero(user); // a refused aio read
     }
+    const crossed = slot.callbacks.crossed;
     const replayed = slot.callbacks.replay(reply.events);
+    // A crossed command ended and this call, not a poll, brought it: the worker keeps that for the next poll.
+    if (slot.callbacks.crossed < crossed && !polling) slot.mustCross = true;
+    const ringed = takeRing(slot, polling);
+    if (polling && ringed && reply.ret === 0) reply.ret = 1; // the ring's news arrived as the poll's time ran out
     if (call.keeps && reply.errno === undefined) slot.callbacks.keep(call.keeps, ids);
     else if (!aio) slot.callbacks.drop(ids); // a blocking call's callbacks end with it
     if (call.releases && reply.errno === undefined) slot.callbacks.release(call.releases);
@@ -269,8 +385,10 @@ for (const [name, call] of Object.entries(API) as [CallName, Call][]) {
 /** nbd_create: a new handle, or null (with the reason in getError()) if the worker cannot start. */
 export function create(): Handle | null {
   const id = nextId++;
+  openInbox(id);
   const reply = cross(id, "create", [process.env.LIBNBD_DEBUG === "1"], {});
   if (reply instanceof Error) {
+    closeInbox(id);
     setError(`nbd_create: ${reply.message}`, bridgeErrno(reply));
     return null;
   }

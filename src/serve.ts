@@ -14,7 +14,7 @@ import {
   type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments,
   queueFields, words,
 } from "./channel.js";
-import { type Reply, dispatch, forgetTaken, issueQueued, register } from "./dispatch.js";
+import { type Reply, dispatch, flushBacklog, forgetTaken, issueQueued, openRing, register } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { errorValue } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
@@ -34,6 +34,7 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
   const reply = new Wire(sab, REPLY_AT, REPLY_BYTES);
   let seen = 0; // requests are numbered from 1: one may be waiting already
   const queue = queueFields(sab);
+  openRing(sab);
   let taken = 0;
   let hotUntil = 0;
   /** A look is due on the next turn of the loop. */
@@ -69,10 +70,11 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
 
   /**
    * Learns the aio buffers the caller registered, then issues what it
-   * queued, in order. The queue's count is read first: the buffers of the
+   * queued, in order (and writes what waits for room in the ring). The queue's count is read first: the buffers of the
    * commands it counts were registered before them, so they are known.
    */
   function drain(): void {
+    flushBacklog(); // the caller rings when it has made room in the ring
     const queued = Atomics.load(h, Word.QUEUED);
     if (Atomics.load(h, Word.REGISTERED) !== registered) {
       for (let m = receiveMessageOnPort(registry); m; m = receiveMessageOnPort(registry)) {

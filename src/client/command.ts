@@ -36,6 +36,11 @@ export interface Command {
   completion?: Callback | undefined;
   /** Set for aio commands: they wait in the done list once their reply is complete. */
   aio?: boolean;
+  /**
+   * Queued by the caller's thread: its completion goes through the bridge's
+   * ring (Commands.ring), and its callback runs there, not here.
+   */
+  ring?: boolean;
   /** Done, but its completion callback has yet to return on the caller's thread (it may retire it). */
   undecided?: boolean;
   /** Set for blocking calls: called once the reply is complete or the connection is gone. */

@@ -27,6 +27,8 @@ export interface Queueable {
   payload: number;
   /** Whether a write with no flags would be accepted. */
   write: boolean;
+  /** Whether poll may be answered from the ring: not with set_timeout, which a poll that waits too long must trip. */
+  poll: boolean;
 }
 
 export class Commands extends Negotiation {
@@ -281,6 +283,15 @@ export class Commands extends Negotiation {
     if (cmd.filled) zeroGaps(cmd.buf!, cmd.filled);
     if (cmd.waiter) return cmd.waiter(fatal);
     if (!cmd.aio) return;
+    if (cmd.ring) {
+      // The caller's thread copies its data, runs its callback and settles it (settleFromCaller).
+      cmd.undecided = true;
+      this.done.push(cmd);
+      this.ring!(cmd.cookie, cmd.error);
+      // It wakes a poll that waits, but unlike progress() leaves nothing for a later poll: the caller saw it in the ring.
+      if (this.pollWaiter) this.progress();
+      return;
+    }
     this.emit({ id: 0, args: [cmd.cookie] }); // tells the caller's thread its buffer is ready
     let retire = false;
     if (cmd.completion) {
@@ -398,7 +409,15 @@ export class Commands extends Negotiation {
     const info = this.neg!.export;
     const write = !(this.strict & STRICT_COMMANDS) ||
       (!this.isReadOnly() && (!!(this.strict & STRICT_AUTO_FLAG) || !this.#extended()));
-    return { cookie: this.nextCookie, size: info.size, align: info.blockMinimum, payload: info.payloadMaximum, write };
+    return {
+      cookie: this.nextCookie, size: info.size, align: info.blockMinimum, payload: info.payloadMaximum, write, poll: this.timeout === 0,
+    };
+  }
+
+  /** An aio read or write (no flags, no callback) the caller's thread queued: it completes through the ring. */
+  aioQueued(write: boolean, buf: Uint8Array, offset: bigint): void {
+    const cmd = write ? this.#write(buf, offset, 0) : this.#read(buf, offset, 0);
+    cmd.aio = cmd.ring = true;
   }
 
   /**
@@ -407,15 +426,18 @@ export class Commands extends Negotiation {
    * have learned that later, in poll): it takes its cookie and completes at
    * once with `err`, as the commands in flight did.
    */
-  abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, completion: Callback | undefined, err: number): void {
+  abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, err: number): void {
     if (this.inflight.has(cookie) || this.done.some((c) => c.cookie === cookie)) return; // another command's: never ours to end
     this.nextCookie = Math.max(this.nextCookie, cookie + 1);
     const cmd: Command = {
-      cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, completion, aio: true,
+      cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, aio: true, ring: true,
       filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
     };
     this.#finished(cmd);
   }
+
+  /** The caller's thread has not read all the ring said of this connection: poll reports it at once. */
+  unseen(): void { this.progressed = true; }
 
   /** Requests sent between cork() and uncork() go out together, in one write. */
   cork(): void { this.transport?.socket.cork(); }

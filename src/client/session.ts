@@ -82,6 +82,12 @@ export class Session extends Settings {
 
   /** Callback calls recorded for the caller's thread, oldest first. */
   protected events: Event[] = [];
+  /**
+   * Where the bridge hears of queued commands' completions (cookie, errno)
+   * and of the connection's end (cookie 0): its ring, read by the caller's
+   * thread without crossing (see dispatch.ts).
+   */
+  ring: ((cookie: number, error: number) => void) | undefined;
   /** Plaintext protocol bytes and magic-delimited chunks, each way (libnbd 1.16's stats). */
   readonly stats: Stats = { bytesSent: 0, chunksSent: 0, bytesReceived: 0, chunksReceived: 0 };
 
@@ -318,6 +324,7 @@ export class Session extends Settings {
       this.peerGone = true;
       if (!eof) this.peerError = err;
       this.transport?.socket.destroy();
+      this.ring?.(0, 0); // a poll waiting on the ring must cross to find out
       return;
     }
     if (eof && (this.disconnectRequested || this.parser.idle)) return this.markClosed();
@@ -337,6 +344,7 @@ export class Session extends Settings {
     this.optionDone?.(err.errno || errno.ENOTCONN);
     this.failInflight(sendFailed ? undefined : err);
     this.closedResolve?.();
+    this.ring?.(0, 0); // after the commands it failed
     this.progress();
   }
 
@@ -348,6 +356,7 @@ export class Session extends Settings {
     this.optionDone?.(errno.ENOTCONN);
     this.failInflight();
     this.closedResolve?.();
+    this.ring?.(0, 0);
     this.progress();
   }
 
