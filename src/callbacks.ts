@@ -57,6 +57,9 @@ export type Settlement = [number, number, number];
 /** The event the worker sends when an aio command's reply is complete: its buffer is ready. */
 export const DONE = 0;
 
+/** What replaying no events gives: shared, never changed. */
+const NOTHING: Replayed = Object.freeze({});
+
 export class Callbacks {
   readonly #held = new Map<number, Held>();
   readonly #aio = new Map<number, Aio>();
@@ -118,11 +121,12 @@ export class Callbacks {
   }
 
   replay(events: readonly Event[] | undefined): Replayed {
+    if (!events?.length) return NOTHING; // most calls: no garbage for them
     const result: Replayed = {};
     const done: number[] = [];
     /** aio commands a chunk or extent callback failed, with the errno. */
     const failed = new Map<number, number>();
-    for (const ev of events ?? []) {
+    for (const ev of events) {
       if (ev.id === DONE) {
         const cookie = ev.args[0] as number;
         // DONE comes before the completion callback's call: the data is in place when it runs.
