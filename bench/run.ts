@@ -157,10 +157,10 @@ function copy(): number {
   return size / (Number(process.hrtime.bigint() - t0) / 1e9) / 1e6;
 }
 
-/** MB/s of `nbdcopy URI null:` (the whole process). */
-function nbdcopy(): number {
+/** MB/s of `nbdcopy [OPTIONS] URI null:` (the whole process). */
+function nbdcopy(...options: string[]): number {
   const t0 = process.hrtime.bigint();
-  execFileSync("nbdcopy", [uri, "null:"]);
+  execFileSync("nbdcopy", [...options, uri, "null:"]);
   return 1024 ** 3 / (Number(process.hrtime.bigint() - t0) / 1e9) / 1e6;
 }
 
@@ -202,6 +202,7 @@ const rows: Record<string, Row> = {
   aio: { figure: "aio", what: "aioPread 256 KiB × 16 + poll over 1 GiB: MB/s", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   promise: { figure: "promise", what: "the same, Promise API: MB/s (vs libnbd aio)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   copy: { figure: "copy", what: "1 GiB to null with block status: MB/s (vs nbdcopy)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
+  copyOne: { figure: "copy", what: "the same vs nbdcopy --connections=1 (one connection, as the example)", goal: "(shown)", c: [], ts: [], digits: 0 },
   connect: { figure: "connect", what: "socket activation of nbdkit + close, in a process of its own as connect.c: median ms", goal: "≤ 1.2×", c: [], ts: [], digits: 2 },
   connectHere: { figure: "connect", what: "the same in the bench process, after the other figures (a bigger process forks slower)", goal: "(shown)", c: [], ts: [], digits: 2 },
   rss: { figure: "rss", what: `RSS growth over ${RSS_CALLS.toLocaleString("en")} sync 4 KiB pread: MiB`, goal: "≤ 16 MiB", c: [], ts: [], digits: 1 },
@@ -249,7 +250,11 @@ try {
       if (wanted("aio")) add("aio", cAio!, aio());
       if (wanted("promise")) add("promise", cAio!, await promise());
     }
-    if (wanted("copy")) add("copy", nbdcopy(), copy());
+    if (wanted("copy")) {
+      const ts = copy();
+      add("copy", nbdcopy(), ts);
+      add("copyOne", nbdcopy("--connections=1"), ts);
+    }
     if (wanted("connect")) {
       const [c] = numbers(bin.connect, CONNECTS);
       add("connect", c!, connectFresh());
