@@ -199,6 +199,7 @@ const rows: Record<string, Row> = {
   seq: { figure: "seq", what: "sync 2 MiB pread over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
   seqShared: { figure: "seq", what: "the same into a SharedArrayBuffer (no copy): MB/s", goal: "(shown)", c: [], ts: [], digits: 0 },
   write: { figure: "write", what: "sync 2 MiB pwrite over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
+  writeShared: { figure: "write", what: "the same from a SharedArrayBuffer (no copy): MB/s", goal: "(shown)", c: [], ts: [], digits: 0 },
   aio: { figure: "aio", what: "aioPread 256 KiB × 16 + poll over 1 GiB: MB/s", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   promise: { figure: "promise", what: "the same, Promise API: MB/s (vs libnbd aio)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   copy: { figure: "copy", what: "1 GiB to null with block status: MB/s (vs nbdcopy)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
@@ -244,7 +245,11 @@ try {
       add("seq", c!, sequential(false));
       add("seqShared", c!, sequential(false, true));
     }
-    if (wanted("write")) add("write", numbers(bin.seq, socket, "write", SEQ_SIZE)[0]!, sequential(true));
+    if (wanted("write")) {
+      const [c] = numbers(bin.seq, socket, "write", SEQ_SIZE);
+      add("write", c!, sequential(true));
+      add("writeShared", c!, sequential(true, true));
+    }
     if (wanted("aio") || wanted("promise")) {
       const [cAio] = numbers(bin.aio, socket, AIO_REQ, AIO_DEPTH);
       if (wanted("aio")) add("aio", cAio!, aio());
