@@ -109,11 +109,11 @@ function sequential(write: boolean, shared = false): number {
   return size / s / 1e6;
 }
 
-/** MB/s reading the whole export with aio_pread, AIO_DEPTH in flight, driven by poll. */
-function aio(): number {
+/** MB/s reading the whole export with aio_pread, AIO_DEPTH in flight, driven by poll (`shared`: into shared memory). */
+function aio(shared = false): number {
   const h = connect();
   const size = Number(h.getSize());
-  const bufs = Array.from({ length: AIO_DEPTH }, () => new Uint8Array(AIO_REQ));
+  const bufs = Array.from({ length: AIO_DEPTH }, () => new Uint8Array(shared ? new SharedArrayBuffer(AIO_REQ) : new ArrayBuffer(AIO_REQ)));
   let inFlight = 0;
   let offset = 0;
   let slot = 0;
@@ -202,6 +202,7 @@ const rows: Record<string, Row> = {
   write: { figure: "write", what: "sync 2 MiB pwrite over 1 GiB: MB/s", goal: "≥ 0.9×", c: [], ts: [], digits: 0 },
   writeShared: { figure: "write", what: "the same from a SharedArrayBuffer (no copy): MB/s", goal: "(shown)", c: [], ts: [], digits: 0 },
   aio: { figure: "aio", what: "aioPread 256 KiB × 16 + poll over 1 GiB: MB/s", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
+  aioShared: { figure: "aio", what: "the same into SharedArrayBuffers (no copy): MB/s", goal: "(shown)", c: [], ts: [], digits: 0 },
   promise: { figure: "promise", what: "the same, Promise API: MB/s (vs libnbd aio)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   copy: { figure: "copy", what: "1 GiB to null with block status: MB/s (vs nbdcopy)", goal: "≥ 1.0×", c: [], ts: [], digits: 0 },
   copyOne: { figure: "copy", what: "the same vs nbdcopy --connections=1 (one connection, as the example)", goal: "(shown)", c: [], ts: [], digits: 0 },
@@ -253,7 +254,10 @@ try {
     }
     if (wanted("aio") || wanted("promise")) {
       const [cAio] = numbers(bin.aio, socket, AIO_REQ, AIO_DEPTH);
-      if (wanted("aio")) add("aio", cAio!, aio());
+      if (wanted("aio")) {
+        add("aio", cAio!, aio());
+        add("aioShared", cAio!, aio(true));
+      }
       if (wanted("promise")) add("promise", cAio!, await promise());
     }
     if (wanted("copy")) {
