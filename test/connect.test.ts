@@ -190,19 +190,30 @@ test("close of an activated server that ignores SIGTERM: SIGKILL after the 5 s b
   waitFor(() => !alive(nbdkitPid!), 5000, "nbdkit to follow its parent");
 });
 
-test("socket activation of an nbdkit that refuses its arguments: getError ends with nbdkit's own error", () => {
+/**
+ * A socket activation whose server cannot start: it fails within seconds with
+ * the connection's errno and libnbd's message, and leaves nothing behind.
+ * `check` looks at the handle and message before the handle closes.
+ */
+function failedActivation(argv: string[], check: (h: Handle, msg: string) => void): void {
   const h = newHandle();
   const watch = watchLeftovers();
-  const { value, ms } = timed(() => h.connectSystemdSocketActivation(["nbdkit", "-f", "memory", "size=nonsense"]));
+  const { value, ms } = timed(() => h.connectSystemdSocketActivation(argv));
   watch.made();
   assert.is(value, -1);
   assert.ok(ms < 5000, `took ${ms} ms`);
   assert.ok([errno.ECONNRESET, errno.ECONNREFUSED].includes(getErrno() as 104 | 111), `errno ${getErrno()}: ${getError()}`);
   const msg = getError()!;
   assert.ok(msg.startsWith("nbd_connect_systemd_socket_activation: "), msg);
-  assert.ok(msg.endsWith("server stderr: nbdkit: error: could not parse size string (nonsense)"), msg);
+  check(h, msg);
   h.close();
   watch.clean();
+}
+
+test("socket activation of an nbdkit that refuses its arguments: getError ends with nbdkit's own error", () => {
+  failedActivation(["nbdkit", "-f", "memory", "size=nonsense"], (_, msg) => {
+    assert.ok(msg.endsWith("server stderr: nbdkit: error: could not parse size string (nonsense)"), msg);
+  });
 });
 
 test("socket activation: qemu-nbd on a qcow2 image reads back what qemu-io wrote", () => {
@@ -472,19 +483,10 @@ test("connectCommand of a missing program: errno 0, 'recv: server disconnected u
 });
 
 test("socket activation of a missing program fails within seconds and quotes the server's stderr", () => {
-  const h = newHandle();
-  const watch = watchLeftovers();
-  const { value, ms } = timed(() => h.connectSystemdSocketActivation(["/nonexistent/prog"]));
-  watch.made();
-  assert.is(value, -1);
-  assert.ok(ms < 5000, `took ${ms} ms`);
-  assert.ok([errno.ECONNRESET, errno.ECONNREFUSED].includes(getErrno() as 104 | 111), `errno ${getErrno()}: ${getError()}`);
-  const msg = getError()!;
-  assert.ok(msg.startsWith("nbd_connect_systemd_socket_activation: "), msg);
-  assert.match(msg, /\/nonexistent\/prog: not found$/);
-  assert.is(h.aioIsDead(), 1);
-  h.close();
-  watch.clean();
+  failedActivation(["/nonexistent/prog"], (h, msg) => {
+    assert.match(msg, /\/nonexistent\/prog: not found$/);
+    assert.is(h.aioIsDead(), 1);
+  });
 });
 
 test("a server that exits at once: the message ends with what it wrote to stderr", () => {
