@@ -8,6 +8,7 @@
  * and so does a completion callback's -1 with an errno in its box.
  */
 import { FAILS_ON_MINUS_ONE, type ErrorBox, type Shape } from "./api/types.js";
+import { copy } from "./client/bytes.js";
 import { type Event, isSpan } from "./client/events.js";
 import { errno } from "./errno.js";
 import { giveStaging } from "./shared-pool.js";
@@ -131,7 +132,7 @@ export class Callbacks {
         const cookie = ev.args[0] as number;
         // DONE comes before the completion callback's call: the data is in place when it runs.
         const staged = this.#aio.get(cookie)?.staged;
-        staged?.to?.set(staged.from);
+        if (staged?.to) copy(staged.to, staged.from);
         done.push(cookie);
         continue;
       }

@@ -16,7 +16,7 @@ import {
 } from "./bridge.js";
 import { Queued, callNumber } from "./channel.js";
 import type { Extra, QueueFacts, Reply, Shared } from "./dispatch.js";
-import { zero } from "./client/zero.js";
+import { copy, zero } from "./client/bytes.js";
 import { errno } from "./errno.js";
 import { NbdError } from "./client/error.js";
 import { setError } from "./errors.js";
@@ -128,11 +128,11 @@ function marshalBytes(slot: Slot, user: unknown, out: boolean, persist: boolean)
   }
   if (!persist) {
     const shared = reserve(slot, user.byteLength);
-    if (!out) shared.set(user);
+    if (!out) copy(shared, user);
     return { wire: user.byteLength, view: user };
   }
   const from = takeStaging(user.byteLength);
-  if (!out) from.set(user);
+  if (!out) copy(from, user);
   return { wire: shared(from), view: from, staged: out ? { to: user, from } : { from } };
 }
 
@@ -166,7 +166,7 @@ function queue(slot: Slot, write: boolean, args: unknown[]): bigint | undefined 
   const own = buf.buffer instanceof SharedArrayBuffer;
   const from = own ? (buf as Uint8Array<SharedArrayBuffer>) : takeStaging(n);
   const staged: Staged | undefined = own ? undefined : write ? { from } : { to: buf, from };
-  if (write && !own) from.set(buf);
+  if (write && !own) copy(from, buf);
   const ids = typeof completion === "function" ? [slot.callbacks.hold(completion as never, "completion")] : [];
   const q = queueArray();
   q[place + Queued.HANDLE] = slot.id;
@@ -347,7 +347,7 @@ function method(name: CallName, call: Call) {
     if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
       if (reply.errno === undefined || reply.events) {
-        if (!buffer?.inPlace) user.set(new Uint8Array(slot.sab, 0, user.byteLength));
+        if (!buffer?.inPlace) copy(user, new Uint8Array(slot.sab, 0, user.byteLength));
       } else if (reply.init) zero(user);
     }
     track(slot.id, reply.cleanup);

@@ -8,7 +8,7 @@
  * them any more: a handle's when it closes or grows, an aio command's
  * staging buffer when the command is done.
  */
-import { zero } from "./client/zero.js";
+import { zero } from "./client/bytes.js";
 
 const pool = new Map<number, SharedArrayBuffer[]>();
 let pooled = 0;

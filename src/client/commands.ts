@@ -10,7 +10,7 @@ import { Cmd, CmdFlag, EXTENDED_REQUEST_SIZE, REQUEST_SIZE, TFlag } from "../pro
 import { encodeBlockStatusPayload, encodeExtendedRequest, encodeRequest } from "../protocol/transmission.js";
 import { type Callback, type Command, commandName, finalError } from "./command.js";
 import { NbdError } from "./error.js";
-import { zeroGaps } from "./zero.js";
+import { zeroGaps } from "./bytes.js";
 import { recorders } from "./events.js";
 import { Negotiation } from "./negotiation.js";
 

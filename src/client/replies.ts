@@ -18,7 +18,7 @@ import { MAX_REQUEST_SIZE, READ_DATA, READ_ERROR, READ_HOLE } from "../constants
 import type { Callback, Command } from "./command.js";
 import type { Stats } from "./handshake.js";
 import { NbdError } from "./error.js";
-import { zero } from "./zero.js";
+import { copy, zero } from "./bytes.js";
 
 export interface ReplyHost {
   structuredReplies(): boolean;
@@ -159,7 +159,7 @@ export class ReplyParser {
         const target = this.#target;
         // Data the socket read straight into its place (see readTarget) needs no copy.
         if (target && (chunk.buffer !== target.buffer || chunk.byteOffset + p !== target.byteOffset + this.#at)) {
-          target.set(chunk.subarray(p, p + take), this.#at);
+          copy(target, chunk.subarray(p, p + take), this.#at);
         }
         this.#at += take;
         this.#left -= take;
