@@ -114,8 +114,16 @@ function die(how: unknown, ms: unknown): void {
   if (fn) setTimeout(fn, Number(ms) || 0);
 }
 
+/**
+ * Bytes the last call moved through its handle's shared buffer: the caller
+ * copies them out (a read), or the next ones in (a write), before it asks
+ * anything more, and the worker stays awake that much longer (serve.ts).
+ */
+export const dispatched = { copied: 0 };
+
 /** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
 export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
+  dispatched.copied = 0;
   if (name === "__die__" && process.env.NBD_TS_TEST_HOOKS === "1") {
     die(args[0], args[1]);
     return { ret: 0 };
@@ -149,7 +157,10 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     const arg = call.args[i]!;
     const v = args[i];
     if (!isBytes(arg)) continue;
-    if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+    if (typeof v === "number") {
+      args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+      dispatched.copied = v;
+    }
     else if (Array.isArray(v)) {
       args[i] = shared(v as Shared); // an aio buffer: memory of its own
       if (!args[i]) return { ret: errorValue(call.ret), errno: errno.EIO, msg: `${cName(name, call)}: nbd-ts: an aio buffer unknown to the worker` };
