@@ -135,6 +135,43 @@ print(json.dumps(out))
   assert.equal([...got, errno.ENOTCONN], [py[0], py[1] ? 1 : 0, py[2], py[3]]);
 });
 
+test("the same when the command crosses (FUA, a completion callback): a cookie whose callback saw ENOTCONN, DEAD; a blocking read fails with ENOTCONN, as libnbd", () => {
+  const h = nbdkit(["memory", "size=1M"]);
+  assert.is(h.killSubprocess(SIGKILL), 0);
+  sleep(300);
+  const seen: number[] = [];
+  const { value: c, crossed } = counted(() => h.aioPwrite(new Uint8Array(512), 0, (err) => (seen.push(err.value), 0), CMD_FLAG_FUA));
+  assert.is(crossed, 1, "it crossed");
+  assert.ok(c > 0n, `a cookie, not ${c}: ${getError()}`);
+  const got = [Number(c), h.aioIsDead(), h.aioInFlight(), ...seen];
+  fails(h.aioCommandCompleted(c), errno.ENOTCONN, "nbd_aio_command_completed: write: command failed: Transport endpoint is not connected");
+  const b = nbdkit(["memory", "size=1M"]);
+  assert.is(b.killSubprocess(SIGKILL), 0);
+  sleep(300);
+  fails(b.pread(new Uint8Array(512), 0), errno.ENOTCONN, "nbd_pread: read: command failed: Transport endpoint is not connected");
+  got.push(b.aioIsDead());
+  const py = python(`
+out = []
+h = nbd.NBD()
+h.connect_command(${JSON.stringify([...NBDKIT, "memory", "size=1M"])})
+h.kill_subprocess(signal.SIGKILL)
+time.sleep(0.3)
+seen = []
+c = h.aio_pwrite(nbd.Buffer(512), 0, completion=lambda err: seen.append(err) or 0, flags=nbd.CMD_FLAG_FUA)
+out += [c, h.aio_is_dead(), h.aio_in_flight()] + [int(e.value) if hasattr(e, "value") else int(e) for e in seen]
+b = nbd.NBD()
+b.connect_command(${JSON.stringify([...NBDKIT, "memory", "size=1M"])})
+b.kill_subprocess(signal.SIGKILL)
+time.sleep(0.3)
+try:
+    b.pread(512, 0)
+except nbd.Error as e:
+    out.append(b.aio_is_dead())
+print(json.dumps(out))
+`);
+  assert.equal(got, py.map(Number));
+});
+
 test("a command that completed before anyone asked: aio_command_completed 0, then poll reports it at once, as libnbd", () => {
   const h = nbdkit(["memory", "size=1M"]);
   let called = 0;

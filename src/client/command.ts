@@ -34,6 +34,8 @@ export interface Command {
   extent?: { fn: Callback; wide: boolean } | undefined;
   /** An aio command's completion callback. */
   completion?: Callback | undefined;
+  /** The server had left before the command could go out: it fails when issued (Commands' #unsendable). */
+  unsendable?: boolean;
   /** Set for aio commands: they wait in the done list once their reply is complete. */
   aio?: boolean;
   /**

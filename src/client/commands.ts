@@ -244,15 +244,14 @@ export class Commands extends Negotiation {
     if (count > 0xffffffffn && !this.#extended()) {
       throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
     }
-    if (this.peerGone) {
-      // libnbd's send fails: DEAD, and the command is retired with ENOTCONN.
-      this.die(new NbdError(errno.ENOTCONN, "send: server disconnected"));
-      throw new NbdError(errno.ENOTCONN, `${commandName[type]}: command failed`);
-    }
     const cmd: Command = {
       cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
       filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
     };
+    if (this.peerGone) {
+      cmd.unsendable = true; // see #unsendable
+      return cmd;
+    }
     this.inflight.set(cmd.cookie, cmd);
     this.#sendRequest(cmd);
     // Bytes that came while no reply was awaited are read now, as libnbd would;
@@ -263,6 +262,7 @@ export class Commands extends Negotiation {
 
   /** A blocking call: wait for the reply, or for the error that killed the connection. */
   #wait(cmd: Command): Promise<void> {
+    if (cmd.unsendable) return Promise.reject(this.#unsendable(cmd));
     return new Promise((resolve, reject) => {
       cmd.waiter = (fatal) => (fatal ? reject(fatal) : finalError(cmd) ? reject(this.#commandError(cmd)) : resolve());
     });
@@ -270,7 +270,22 @@ export class Commands extends Negotiation {
 
   #cookie(cmd: Command): bigint {
     cmd.aio = true;
+    if (cmd.unsendable) {
+      this.inflight.set(cmd.cookie, cmd);
+      this.#unsendable(cmd);
+    }
     return BigInt(cmd.cookie);
+  }
+
+  /**
+   * The server left while the handle was idle, so libnbd's send of this
+   * command fails: the handle goes DEAD and the command is retired with
+   * ENOTCONN. A blocking call returns that error; an aio call still returns
+   * its cookie, and the command is already complete (its callback has run).
+   */
+  #unsendable(cmd: Command): NbdError {
+    this.die(new NbdError(errno.ENOTCONN, "send: server disconnected"), true);
+    return new NbdError(errno.ENOTCONN, `${commandName[cmd.type]}: command failed`);
   }
 
   /**
@@ -417,7 +432,8 @@ export class Commands extends Negotiation {
   /** An aio read or write (no flags, no callback) the caller's thread queued: it completes through the ring. */
   aioQueued(write: boolean, buf: Uint8Array, offset: bigint): void {
     const cmd = write ? this.#write(buf, offset, 0) : this.#read(buf, offset, 0);
-    cmd.aio = cmd.ring = true;
+    cmd.ring = true;
+    this.#cookie(cmd);
   }
 
   /**
