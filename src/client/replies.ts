@@ -137,6 +137,11 @@ export class ReplyParser {
     return this.#target.subarray(this.#at, this.#at + this.#left);
   }
 
+  /** Bytes wait for resume. */
+  get holding(): boolean {
+    return this.#held.length > 0;
+  }
+
   /** A reply is now awaited: parse what was held back. */
   resume(): void {
     const held = this.#held;
