@@ -58,6 +58,10 @@ export interface Reply extends Outcome {
 interface Slot {
   conn: Connection;
   sab: SharedArrayBuffer;
+  /** The last view of sab a call's buffer became: reused while the same (it is never kept past the call). */
+  view: Uint8Array;
+  /** Completes a reply for the handle (see finish): one function for every call that waited, not one each. */
+  finish: (reply: Reply) => Reply;
   /** Ring entries made for the handle so far (written or waiting in the backlog). */
   posted: number;
 }
@@ -132,7 +136,7 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     const conn = new Connection(id);
     conn.debug = args[0] === true; // LIBNBD_DEBUG=1 in the caller's environment
     conn.log("nbd_create", "opening handle");
-    const slot: Slot = { conn, sab: new SharedArrayBuffer(0), posted: 0 };
+    const slot: Slot = { conn, sab: new SharedArrayBuffer(0), view: new Uint8Array(0), finish: (reply) => finish(slot, reply), posted: 0 };
     conn.ring = (cookie, error) => {
       slot.posted++;
       post(id, cookie, error);
@@ -158,7 +162,7 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     const v = args[i];
     if (!isBytes(arg)) continue;
     if (typeof v === "number") {
-      args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? new Uint8Array(slot.sab, 0, v) : lengthOnly(v);
+      args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? view(slot, v) : lengthOnly(v);
       dispatched.copied = v;
     }
     else if (Array.isArray(v)) {
@@ -167,16 +171,31 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     }
   }
   const outcome = invoke(slot.conn, name as CallName, args, extra.env);
-  const finish = (reply: Reply): Reply => {
-    if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
-    if ("spawns" in call) reply.cleanup = slot.conn.cleanup;
-    const queue = slot.conn.queueable();
-    if (queue && queue.size <= BigInt(Number.MAX_SAFE_INTEGER)) {
-      reply.queue = [queue.cookie, Number(queue.size), queue.align, queue.payload, queue.write, queue.poll];
-    }
-    return reply;
-  };
-  return outcome instanceof Promise ? outcome.then(finish) : finish(outcome);
+  if ("spawns" in call) {
+    const spawned = (reply: Reply): Reply => finish(slot, reply, true);
+    return outcome instanceof Promise ? outcome.then(spawned) : spawned(outcome);
+  }
+  return outcome instanceof Promise ? outcome.then(slot.finish) : finish(slot, outcome);
+}
+
+/** A view of the first n bytes of the handle's data buffer. */
+function view(slot: Slot, n: number): Uint8Array {
+  const v = slot.view;
+  if (v.buffer === slot.sab && v.byteLength === n) return v;
+  return (slot.view = new Uint8Array(slot.sab, 0, n));
+}
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** What every reply carries besides the outcome. */
+function finish(slot: Slot, reply: Reply, spawns = false): Reply {
+  if (reply.errno !== undefined) reply.init = slot.conn.preadInitialize;
+  if (spawns) reply.cleanup = slot.conn.cleanup;
+  const queue = slot.conn.queueable();
+  if (queue && queue.size <= MAX_SAFE) {
+    reply.queue = [queue.cookie, Number(queue.size), queue.align, queue.payload, queue.write, queue.poll];
+  }
+  return reply;
 }
 
 /**

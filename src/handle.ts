@@ -26,6 +26,8 @@ import { giveShared, giveStaging, takeShared, takeStaging } from "./shared-pool.
 interface Slot {
   readonly id: number;
   sab: SharedArrayBuffer;
+  /** The last view of sab that a reply's data was copied from: reused while the same. */
+  view: Uint8Array;
   /** The SAB has grown since the worker last saw it. */
   sabChanged: boolean;
   /** Callbacks the worker may call. */
@@ -51,7 +53,7 @@ export class Handle {
   /** @internal Use create(). */
   constructor(id: number) {
     slots.set(this, {
-      id, sab: new SharedArrayBuffer(0), sabChanged: false, closed: false, callbacks: new Callbacks(),
+      id, sab: new SharedArrayBuffer(0), view: new Uint8Array(0), sabChanged: false, closed: false, callbacks: new Callbacks(),
       generation: workerGeneration(), progressed: false, mustCross: false,
     });
   }
@@ -279,6 +281,18 @@ function giveWay(slot: Slot, n: number): undefined {
 const standIn = (v: unknown): unknown =>
   typeof v === "function" || typeof v === "symbol" ? { notCloneable: typeof v } : v;
 
+/** What a call that needs nothing else sends with it; frozen, since it is everyone's. */
+const NO_EXTRA: Extra = Object.freeze({});
+/** A call that takes no callback holds none. */
+const NO_IDS: number[] = Object.freeze([]) as unknown as number[];
+
+/** A view of the first n bytes of the handle's SAB. */
+function sabView(slot: Slot, n: number): Uint8Array {
+  const v = slot.view;
+  if (v.buffer === slot.sab && v.byteLength === n) return v;
+  return (slot.view = new Uint8Array(slot.sab, 0, n));
+}
+
 function method(name: CallName, call: Call) {
   const context = cName(name, call);
   const all = [...call.args, ...(call.optargs ?? [])];
@@ -304,13 +318,14 @@ function method(name: CallName, call: Call) {
       const r = ringPoll(slot, args);
       if (r !== undefined) return r;
     }
-    const extra: Extra = {};
+    // Made only when something rides along (NO_EXTRA otherwise).
+    let extra = NO_EXTRA;
     const polling = name === "poll" || name === "poll2";
     if (polling) {
       // What the ring brought is news for this poll, which the worker reports unless the state says otherwise.
       const news = takeRing(slot, true) > 0 || slot.progressed;
       slot.progressed = false;
-      extra.ringSeen = news ? -1 : ringRead(slot.id);
+      extra = { ringSeen: news ? -1 : ringRead(slot.id) };
     }
     for (let i = 0; i < args.length && i < all.length; i++) {
       const kind = all[i]!.kind;
@@ -321,18 +336,25 @@ function method(name: CallName, call: Call) {
     const buffer = bytes >= 0 ? marshalBytes(slot, user, out, persist) : undefined;
     if (buffer) args[bytes] = buffer.wire;
     // Callbacks stay here under an id; the worker records their calls for replay.
-    const ids: number[] = [];
+    const ids: number[] = closures.length ? [] : NO_IDS;
     for (const { i, shape } of closures) {
       const fn = args[i];
       if (typeof fn === "function") ids.push((args[i] = slot.callbacks.hold(fn as never, shape, buffer?.view)));
       else args[i] = fn == null ? fn : typeof fn;
     }
     if (slot.sabChanged) {
+      if (extra === NO_EXTRA) extra = {};
       extra.sab = slot.sab;
       slot.sabChanged = false;
     }
-    if (slot.callbacks.settlements.length) extra.settle = slot.callbacks.settlements.splice(0);
-    if (call.spawns) extra.env = { ...process.env };
+    if (slot.callbacks.settlements.length) {
+      if (extra === NO_EXTRA) extra = {};
+      extra.settle = slot.callbacks.settlements.splice(0);
+    }
+    if (call.spawns) {
+      if (extra === NO_EXTRA) extra = {};
+      extra.env = { ...process.env };
+    }
     slot.mustCross = false;
 
     const reply = cross(slot.id, name, args, extra);
@@ -347,7 +369,7 @@ function method(name: CallName, call: Call) {
     if (!persist && out && user instanceof Uint8Array) {
       // What arrived (all of it, or what chunks delivered before a failure); else zeroes.
       if (reply.errno === undefined || reply.events) {
-        if (!buffer?.inPlace) copy(user, new Uint8Array(slot.sab, 0, user.byteLength));
+        if (!buffer?.inPlace) copy(user, sabView(slot, user.byteLength));
       } else if (reply.init) zero(user);
     }
     track(slot.id, reply.cleanup);

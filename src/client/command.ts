@@ -45,8 +45,9 @@ export interface Command {
   ring?: boolean;
   /** Done, but its completion callback has yet to return on the caller's thread (it may retire it). */
   undecided?: boolean;
-  /** Set for blocking calls: called once the reply is complete or the connection is gone. */
-  waiter?: (fatal?: NbdError) => void;
+  /** Set for blocking calls: their Promise's, settled once the reply is complete or the connection is gone. */
+  resolve?: (() => void) | undefined;
+  reject?: ((err: NbdError) => void) | undefined;
   /**
    * Called once, when the reply is complete or the connection is gone; `fatal`
    * is the error that killed the connection (a blocking call returns it).

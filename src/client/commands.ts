@@ -244,10 +244,7 @@ export class Commands extends Negotiation {
     if (count > 0xffffffffn && !this.#extended()) {
       throw new NbdError(errno.ERANGE, "request too large: maximum request size is 4294967295");
     }
-    const cmd: Command = {
-      cookie: this.nextCookie++, type, flags, offset, count, buf, payload, error: 0, seen: 0, ...callbacks,
-      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
-    };
+    const cmd = this.#make(this.nextCookie++, type, flags, offset, count, buf, 0, callbacks, payload);
     if (this.peerGone) {
       cmd.unsendable = true; // see #unsendable
       return cmd;
@@ -256,15 +253,32 @@ export class Commands extends Negotiation {
     this.#sendRequest(cmd);
     // Bytes that came while no reply was awaited are read now, as libnbd would;
     // in a microtask, once the caller has set up its wait (they may settle cmd).
-    queueMicrotask(() => this.parser?.resume());
+    // None can be held later in this turn: bytes only come in a later one.
+    if (this.parser?.holding) queueMicrotask(this.#resume);
     return cmd;
   }
 
-  /** A blocking call: wait for the reply, or for the error that killed the connection. */
+  readonly #resume = (): void => this.parser?.resume();
+  readonly #settle = (cmd: Command, fatal?: NbdError): void => this.#finished(cmd, fatal);
+
+  /** A Command with every field it will ever have, so that none is added later. */
+  #make(
+    cookie: number, type: Cmd, flags: number, offset: bigint, count: bigint, buf: Uint8Array | undefined, error: number,
+    callbacks?: Callbacks, payload?: Uint8Array,
+  ): Command {
+    return {
+      cookie, type, flags, offset, count, buf, payload, error, serverMessage: undefined, seen: 0, filled: this.#initialize(type),
+      chunk: callbacks?.chunk, extent: callbacks?.extent, completion: callbacks?.completion,
+      unsendable: false, aio: false, ring: false, undecided: false, resolve: undefined, reject: undefined, settle: this.#settle,
+    };
+  }
+
+  /** A blocking call: wait for the reply, or for the error that killed the connection (see #finished). */
   #wait(cmd: Command): Promise<void> {
     if (cmd.unsendable) return Promise.reject(this.#unsendable(cmd));
     return new Promise((resolve, reject) => {
-      cmd.waiter = (fatal) => (fatal ? reject(fatal) : finalError(cmd) ? reject(this.#commandError(cmd)) : resolve());
+      cmd.resolve = resolve;
+      cmd.reject = reject;
     });
   }
 
@@ -296,7 +310,12 @@ export class Commands extends Negotiation {
   #finished(cmd: Command, fatal?: NbdError): void {
     this.inflight.delete(cmd.cookie);
     if (cmd.filled) zeroGaps(cmd.buf!, cmd.filled);
-    if (cmd.waiter) return cmd.waiter(fatal);
+    if (cmd.resolve) {
+      if (fatal) cmd.reject!(fatal);
+      else if (finalError(cmd)) cmd.reject!(this.#commandError(cmd));
+      else cmd.resolve();
+      return;
+    }
     if (!cmd.aio) return;
     if (cmd.ring) {
       // The caller's thread copies its data, runs its callback and settles it (settleFromCaller).
@@ -445,10 +464,8 @@ export class Commands extends Negotiation {
   abandonQueued(type: Cmd, cookie: number, offset: bigint, buf: Uint8Array, err: number): void {
     if (this.inflight.has(cookie) || this.done.some((c) => c.cookie === cookie)) return; // another command's: never ours to end
     this.nextCookie = Math.max(this.nextCookie, cookie + 1);
-    const cmd: Command = {
-      cookie, type, flags: 0, offset, count: BigInt(buf.byteLength), buf, error: err, seen: 0, aio: true, ring: true,
-      filled: this.#initialize(type), settle: (c, fatal) => this.#finished(c, fatal),
-    };
+    const cmd = this.#make(cookie, type, 0, offset, BigInt(buf.byteLength), buf, err);
+    cmd.aio = cmd.ring = true;
     this.#finished(cmd);
   }
 

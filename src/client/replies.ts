@@ -110,15 +110,16 @@ export class ReplyParser {
     return this.#state === S.HEADER && this.#have === 0;
   }
 
-  push(chunk: Uint8Array): void {
+  /** Parses chunk[0, end): the socket's reused buffer is passed whole, so no view is made per read (nothing keeps it). */
+  push(chunk: Uint8Array, end = chunk.byteLength): void {
     try {
       let p = 0;
-      while (p < chunk.byteLength) {
+      while (p < end) {
         if (this.#held.length || (this.idle && !this.host.awaiting())) {
-          this.#held.push(chunk.slice(p));
+          this.#held.push(chunk.slice(p, end));
           return;
         }
-        p = this.#step(chunk, p);
+        p = this.#step(chunk, p, end);
       }
     } catch (err) {
       this.host.fatal(err instanceof NbdError ? err : new NbdError(0, (err as Error).message));
@@ -136,6 +137,11 @@ export class ReplyParser {
     return this.#target.subarray(this.#at, this.#at + this.#left);
   }
 
+  /** Bytes wait for resume. */
+  get holding(): boolean {
+    return this.#held.length > 0;
+  }
+
   /** A reply is now awaited: parse what was held back. */
   resume(): void {
     const held = this.#held;
@@ -143,13 +149,15 @@ export class ReplyParser {
     for (const chunk of held) this.push(chunk);
   }
 
-  #step(chunk: Uint8Array, p: number): number {
-    const avail = chunk.byteLength - p;
+  #step(chunk: Uint8Array, p: number, end: number): number {
+    const avail = end - p;
     switch (this.#state) {
       case S.HEADER:
       case S.DATA_OFFSET: {
         const take = Math.min(this.#need - this.#have, avail);
-        this.#header.set(chunk.subarray(p, p + take), this.#have);
+        // At most 32 bytes: copied by hand rather than through a view made for them.
+        const header = this.#header;
+        for (let i = 0, at = this.#have; i < take; i++) header[at + i] = chunk[p + i]!;
         this.#have += take;
         if (this.#have === this.#need) this.#gathered();
         return p + take;

@@ -97,9 +97,8 @@ export class Session extends Settings {
     buffer: (): Uint8Array => this.parser?.readTarget() ?? this.#readBuffer,
     callback: (n: number, buf: Uint8Array): boolean => {
       this.stats.bytesReceived += n;
-      const chunk = buf.subarray(0, n);
-      if (this.parser) this.parser.push(chunk);
-      else this.reader.push(chunk);
+      if (this.parser) this.parser.push(buf, n);
+      else this.reader.push(buf.subarray(0, n));
       return true;
     },
   };
