@@ -164,8 +164,7 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     if (typeof v === "number") {
       args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? view(slot, v) : lengthOnly(v);
       dispatched.copied = v;
-    }
-    else if (Array.isArray(v)) {
+    } else if (Array.isArray(v)) {
       args[i] = shared(v as Shared); // an aio buffer: memory of its own
       if (!args[i]) return { ret: errorValue(call.ret), errno: errno.EIO, msg: `${cName(name, call)}: nbd-ts: an aio buffer unknown to the worker` };
     }
