@@ -12,7 +12,7 @@ import { errno } from "./errno.js";
 import { asNbdError } from "./client/error.js";
 import { errorValue, invoke, type Outcome } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
-import { cName, isBytes, isPersist } from "./api/types.js";
+import { type Call, cName, isBytes, isPersist } from "./api/types.js";
 import type { Settlement } from "./callbacks.js";
 import { CALLS, Queued, RING_SLOTS, type Registration, Ring, Word, ringAt, ringFields, slotAt, words } from "./channel.js";
 import { Cmd } from "./protocol/constants.js";
@@ -119,15 +119,19 @@ function die(how: unknown, ms: unknown): void {
 }
 
 /**
- * Bytes the last call moved through its handle's shared buffer: the caller
- * copies them out (a read), or the next ones in (a write), before it asks
- * anything more, and the worker stays awake that much longer (serve.ts).
+ * The bytes a call moves through its handle's shared buffer (its buffer
+ * argument travels as a length): the caller copies them out (a read), or
+ * the next ones in (a write), before it asks anything more (see serve.ts).
  */
-export const dispatched = { copied: 0 };
+export function throughHandle(name: string, args: readonly unknown[]): number {
+  const call = API[name as CallName] as Call | undefined;
+  const i = call ? call.args.findIndex(isBytes) : -1;
+  const v = args[i];
+  return typeof v === "number" ? v : 0;
+}
 
 /** Runs one call for the caller's thread: its reply at once when it has one, else a Promise of it. */
 export function dispatch(id: number, name: string, args: unknown[], extra: Extra = {}): Reply | Promise<Reply> {
-  dispatched.copied = 0;
   if (name === "__die__" && process.env.NBD_TS_TEST_HOOKS === "1") {
     die(args[0], args[1]);
     return { ret: 0 };
@@ -161,10 +165,8 @@ export function dispatch(id: number, name: string, args: unknown[], extra: Extra
     const arg = call.args[i]!;
     const v = args[i];
     if (!isBytes(arg)) continue;
-    if (typeof v === "number") {
-      args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? view(slot, v) : lengthOnly(v);
-      dispatched.copied = v;
-    } else if (Array.isArray(v)) {
+    if (typeof v === "number") args[i] = v <= slot.sab.byteLength && !isPersist(arg) ? view(slot, v) : lengthOnly(v);
+    else if (Array.isArray(v)) {
       args[i] = shared(v as Shared); // an aio buffer: memory of its own
       if (!args[i]) return { ret: errorValue(call.ret), errno: errno.EIO, msg: `${cName(name, call)}: nbd-ts: an aio buffer unknown to the worker` };
     }

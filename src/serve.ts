@@ -14,7 +14,7 @@ import {
   type Attachments, type Registration, BEAT_MS, CALLS, REPLY_AT, REPLY_BYTES, REQUEST_AT, REQUEST_BYTES, Word, attachments,
   queueFields, words,
 } from "./channel.js";
-import { type Reply, dispatch, dispatched, flushBacklog, forgetTaken, issueQueued, openRing, register } from "./dispatch.js";
+import { type Reply, dispatch, flushBacklog, forgetTaken, issueQueued, openRing, register, throughHandle } from "./dispatch.js";
 import { errno } from "./errno.js";
 import { errorValue } from "./api/invoke.js";
 import { API, type CallName } from "./api/table.js";
@@ -71,9 +71,10 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
   let registered = 0;
 
   /**
-   * Learns the aio buffers the caller registered, then issues what it
-   * queued, in order (and writes what waits for room in the ring). The queue's count is read first: the buffers of the
-   * commands it counts were registered before them, so they are known.
+   * Writes what waits for room in the ring, learns the aio buffers the
+   * caller registered, then issues what it queued, in order. The queue's
+   * count is read first: the buffers of the commands it counts were
+   * registered before them, so they are known.
    */
   function drain(): void {
     flushBacklog(); // the caller rings when it has made room in the ring
@@ -129,8 +130,8 @@ export function serve(sab: SharedArrayBuffer, port: MessagePort, registry: Messa
       request.rewind(Atomics.load(h, Word.REQUEST_ATTACHED) ? attachments(port, seq) : []);
       const [id, call, args, extra] = request.read() as [number, number, unknown[], object];
       name = CALLS[call]!;
+      copied = throughHandle(name, args); // before dispatch turns the lengths into views
       out = dispatch(id, name, args, extra);
-      copied = dispatched.copied;
     } catch (e) {
       out = failure(e, name);
     }
